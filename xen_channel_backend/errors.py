@@ -113,3 +113,94 @@ class UnsupportedChannel(XenChannelError):
     def message(self) -> str:
         who = f"channel {shown(self.channel)}" if self.channel else "unnamed channel"
         return f"{who}: {self.detail}"
+
+
+# --- channel protocol (protocol.py, agent.py) ---------------------------------
+
+
+class InvalidMessage(XenChannelError):
+    """A message we were asked to send cannot be framed (no "type", too big, not JSON)."""
+
+    def __init__(self, message_type: str | None, detail: str) -> None:
+        super().__init__(message_type, detail)
+        self.message_type = message_type
+        self.detail = detail
+
+    def message(self) -> str:
+        what = f"{shown(self.message_type)} message" if self.message_type else "message"
+        return f"cannot send {what}: {self.detail}"
+
+
+class ProtocolViolation(XenChannelError):
+    """The peer sent something protocol v1 does not allow at that point.
+
+    ``peer`` names the other end (a channel name or socket path).
+    """
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(peer, detail)
+        self.peer = peer
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"{self.peer}: protocol violation: {self.detail}"
+
+
+class AckTimeout(XenChannelError):
+    """No answer to a request within its timeout (guest agent not running or stuck)."""
+
+    def __init__(self, channel: str, request_id: str, seconds: float) -> None:
+        super().__init__(channel, request_id, seconds)
+        self.channel = channel
+        self.request_id = request_id
+        self.seconds = seconds
+
+    def message(self) -> str:
+        return (
+            f"{self.channel}: no answer to request {shown(self.request_id)} within "
+            f"{self.seconds:g} s (is the guest agent running?)"
+        )
+
+
+class ConfigRefused(XenChannelError):
+    """The guest acked a config with status "error" (rejected whole) or "partial".
+
+    ``results`` keeps the per-item results (a list of dicts) for callers
+    that want to show them.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        status: str,
+        error: str | None,
+        results: list[dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(channel, status, error, results)
+        self.channel = channel
+        self.status = status
+        self.error = error
+        self.results = results or []
+
+    def message(self) -> str:
+        if self.status == "error":
+            return f"{self.channel}: guest rejected the config: {shown(self.error)}"
+        bad = [r for r in self.results if r.get("status") not in ("applied", "unchanged")]
+        listed = ", ".join(f"{shown(r.get('item'))} ({shown(r.get('status'))})" for r in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        return (
+            f"{self.channel}: guest applied the config only partly: "
+            f"{len(bad)} of {len(self.results)} items not applied: {listed}{more}"
+        )
+
+
+class ChannelUnavailable(XenChannelError):
+    """A channel socket cannot be reached (missing, refused, busy, or gone)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"channel socket {shown(self.path)}: {self.detail}"

@@ -1,0 +1,160 @@
+"""``xen-channel``: argument parsing and dispatch, nothing else.
+
+Each subcommand is declared here and handled by ``module:function(args,
+streams) -> int`` in the module that owns the job; the module is imported only
+when its subcommand runs, so ``xen-channel list`` never pays for lxml or
+libvirt.  Exit codes: 0 success, 1 bad input or failed operation, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any, NoReturn
+
+from .console import PROG, Streams
+from .errors import UsageError, XenChannelError
+
+Handler = Callable[[argparse.Namespace, Streams], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns the exit code."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _rundir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rundir", metavar="DIR",
+        help="run directory (default: $XEN_CHANNEL_RUNDIR, the config file, /run/xen-channel)",
+    )
+
+
+def _connect(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--connect", "-c", metavar="URI",
+        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else xen:///system)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Xen PV channels for libvirt hosts.")
+    parser.add_argument("--debug", action="store_true", help="log debug details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("convert", "convert:run", "convert channels between libvirt XML and xl.cfg")
+    p.add_argument("--to", required=True, choices=("xl", "libvirt"), help="output side")
+    p.add_argument("input", metavar="FILE", help="domain XML (--to xl) or xl.cfg (--to libvirt); - for stdin")
+    p.add_argument("--into", metavar="FILE", help="print FILE with its channels replaced")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically")
+    p.add_argument("--retarget-virtio", action="store_true",
+                   help="turn virtio unix/pty channels into Xen channels")
+
+    p = command("fill", "allocate:run_fill", "allocate socket paths for a domain's channels")
+    _rundir(p)
+    p.add_argument("input", metavar="DOMAIN.xml", help="domain XML; - for stdin")
+    p.add_argument("--all-targets", action="store_true", help="also allocate virtio channels")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically")
+
+    p = command("define", "allocate:run_define", "fill a domain, then define it in libvirt")
+    _rundir(p)
+    _connect(p)
+    p.add_argument("input", metavar="DOMAIN.xml", help="domain XML; - for stdin")
+    p.add_argument("--all-targets", action="store_true", help="also allocate virtio channels")
+
+    p = command("list", "inventory:run_list", "list domains with registered channels")
+    _rundir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("show", "inventory:run_show", "show one domain's channels")
+    _rundir(p)
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("install-hooks", "install:run_install_hooks", "install the libvirt hook shims")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--uninstall", action="store_true", help="remove our shims")
+
+    p = command("doctor", "doctor:run", "check this host's set-up")
+    _rundir(p)
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+
+    p = command("monitor", "monitor:run", "follow libvirt events; keep metadata and registry current")
+    _rundir(p)
+    _connect(p)
+    p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS")
+
+    p = command("send", "agent:run_send", "push a configuration to a guest and wait for its ack")
+    _rundir(p)
+    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+    p.add_argument("channel", metavar="CHANNEL", help="channel name")
+    p.add_argument("--config", required=True, metavar="FILE.json", help="payload; - for stdin")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("broker", "broker:run_broker", "share each channel socket among local consumers")
+    _rundir(p)
+    p.add_argument("--group", metavar="GROUP", help="group owning the consumer sockets")
+    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    return parser
+
+
+def _resolve(spec: str) -> Handler:
+    module_name, function = spec.split(":")
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    handler: Handler = getattr(module, function)
+    return handler
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: IO[Any] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    streams = Streams.from_args(stdin, stdout, stderr)
+    parser = build_parser()
+    try:
+        if argv is None:
+            argv = sys.argv[1:]
+        if any(a in ("-h", "--help") for a in argv):
+            # argparse prints help and exits; let it print to our stdout.
+            try:
+                with contextlib.redirect_stdout(streams.stdout):
+                    parser.parse_args(argv)
+            except SystemExit as exc:
+                return int(exc.code or 0)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            stream=streams.stderr, format=f"{PROG}: %(message)s",
+            level=logging.DEBUG if args.debug else logging.INFO,
+        )
+        return _resolve(args.handler)(args, streams)
+    except XenChannelError as exc:
+        streams.error(exc.message())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        # An environment problem (permissions, a full disk): still one line.
+        where = f": {exc.filename}" if exc.filename else ""
+        streams.error(f"{exc.strerror or exc}{where}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
