@@ -106,9 +106,7 @@ def test_frames_over_the_limit_are_reported_and_skipped(
     for chunk in chunked(b"".join(frames), cuts):
         out += splitter.feed(chunk)
         assert splitter.pending <= max_frame  # memory stays bounded
-    expected = [
-        f if len(f) <= max_frame else FrameError("frame-too-large", "") for f in frames
-    ]
+    expected = [f if len(f) <= max_frame else FrameError("frame-too-large", "") for f in frames]
     assert [o if isinstance(o, bytes) else o.code for o in out] == [
         e if isinstance(e, bytes) else e.code for e in expected
     ]
@@ -222,7 +220,10 @@ def test_constructors_match_the_contract() -> None:
     }
     assert protocol.validate_hello_ack(ack_hello) == []
     assert protocol.error(None, "unknown-type", "m") == {
-        "type": "error", "id": None, "code": "unknown-type", "message": "m"
+        "type": "error",
+        "id": None,
+        "code": "unknown-type",
+        "message": "m",
     }
     assert protocol.new_id() != protocol.new_id()
 
@@ -329,9 +330,7 @@ def test_payload_that_is_not_an_object() -> None:
 def test_validate_message_dispatches_by_type() -> None:
     assert protocol.validate_message(protocol.ping("1")) == []
     assert protocol.validate_message({"type": "ping"}) == ['"id" must be a non-empty string']
-    assert protocol.validate_message({"type": "config", "id": "1"}) == [
-        'config has no "payload"'
-    ]
+    assert protocol.validate_message({"type": "config", "id": "1"}) == ['config has no "payload"']
     assert protocol.validate_message({"type": "hello", "versions": [], "nonce": "x"}) == [
         '"versions" must be a non-empty list of integers',
         '"nonce" must be 32 lowercase hex digits',

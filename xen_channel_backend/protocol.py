@@ -365,7 +365,7 @@ def _validate_interface_name(name: object) -> list[str]:
     # Linux IFNAMSIZ is 16 including the NUL; "/" and whitespace are refused
     # by dev_valid_name() in the kernel.
     if not isinstance(name, str) or not name:
-        return ["must have a non-empty string \"interface\""]
+        return ['must have a non-empty string "interface"']
     if len(name) > 15 or name in (".", "..") or re.search(r"[/:\s\x00-\x1f\x7f]", name):
         return [f"interface {name!r:.40} is not a valid Linux interface name"]
     return []
@@ -510,9 +510,7 @@ def payload_items(payload: Mapping[str, Any]) -> list[str]:
 def validate_hello(message: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     versions = message.get("versions")
-    if not isinstance(versions, list) or not versions or not all(
-        type(v) is int for v in versions
-    ):
+    if not isinstance(versions, list) or not versions or not all(type(v) is int for v in versions):
         problems.append('"versions" must be a non-empty list of integers')
     nonce = message.get("nonce")
     if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
@@ -558,8 +556,8 @@ def validate_ack(message: Mapping[str, Any]) -> list[str]:
             or not _is_str(result.get("detail", ""))
         ):
             problems.append(
-                f"results[{i}] must be an object with string \"item\", "
-                f"\"status\" one of {list(ITEM_STATUSES)} and string \"detail\""
+                f'results[{i}] must be an object with string "item", '
+                f'"status" one of {list(ITEM_STATUSES)} and string "detail"'
             )
     if problems:
         return problems
@@ -569,7 +567,7 @@ def validate_ack(message: Mapping[str, Any]) -> list[str]:
     elif "error" in message:
         problems.append(f'"error" is only allowed with status "error", not {status!r}')
     elif status != ack_status(results):
-        problems.append(f'status {status!r} contradicts the item results')
+        problems.append(f"status {status!r} contradicts the item results")
     return problems
 
 
