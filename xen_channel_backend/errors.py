@@ -204,3 +204,35 @@ class ChannelUnavailable(XenChannelError):
 
     def message(self) -> str:
         return f"channel socket {shown(self.path)}: {self.detail}"
+
+
+# --- metadata (metadata.py, monitor.py, api.py) --------------------------------
+
+
+class InvalidMetadata(XenChannelError):
+    """Our ``<xcb:channels>`` metadata is malformed (e.g. edited by hand with virsh edit).
+
+    ``source`` names where it came from (a domain name, a file, ``<metadata>``);
+    callers that own the domain replace the element with a fresh one.
+    """
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(source, detail)
+        self.source = source
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"{self.source}: invalid xen-channel metadata: {self.detail}"
+
+
+class LibvirtUnavailable(XenChannelError):
+    """libvirt (the Python binding or the daemon at ``uri``) cannot be used."""
+
+    def __init__(self, uri: str | None, detail: str) -> None:
+        super().__init__(uri, detail)
+        self.uri = uri
+        self.detail = detail
+
+    def message(self) -> str:
+        where = shown(self.uri) if self.uri else "the default libvirt URI"
+        return f"libvirt at {where}: {self.detail}"
