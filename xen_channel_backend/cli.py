@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("convert", "convert:run", "convert channels between libvirt XML and xl.cfg")
     p.add_argument("--to", required=True, choices=("xl", "libvirt"), help="output side")
-    p.add_argument("input", metavar="FILE", help="domain XML (--to xl) or xl.cfg (--to libvirt); - for stdin")
+    p.add_argument("input", metavar="FILE",
+                   help="domain XML (--to xl) or xl.cfg (--to libvirt); - for stdin")
     p.add_argument("--into", metavar="FILE", help="print FILE with its channels replaced")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically")
     p.add_argument("--retarget-virtio", action="store_true",
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     _rundir(p)
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
 
-    p = command("monitor", "monitor:run", "follow libvirt events; keep metadata and registry current")
+    p = command("monitor", "monitor:run",
+                "follow libvirt events; keep metadata and registry current")
     _rundir(p)
     _connect(p)
     p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS")

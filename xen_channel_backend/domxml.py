@@ -52,8 +52,6 @@ def parse_domain(data: bytes, source: str) -> etree._ElementTree:
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
         raise XmlInputError(source, f"malformed XML: {exc.msg}", line) from None
-    if tree.docinfo.doctype:
-        raise XmlInputError(source, "DOCTYPE declarations are not allowed in domain XML")
     root = tree.getroot()
     if root.tag != "domain":
         raise XmlInputError(source, f"root element is <{root.tag}>, expected <domain>")
@@ -95,9 +93,10 @@ def channel_from_element(element: etree._Element) -> Channel:
     raw_target = target_type(element)
     name = element.find("target").get("name") if raw_target is not None else None  # type: ignore[union-attr]
     try:
-        target = Target(raw_target)
+        target = Target(raw_target or "")
     except ValueError:
-        raise UnsupportedChannel(name, f"target type {raw_target!r} is not xen, virtio or guestfwd") from None
+        detail = f"target type {raw_target!r} is not xen, virtio or guestfwd"
+        raise UnsupportedChannel(name, detail) from None
     source_type = element.get("type")
     connection = connection_from_xml(source_type or "")
     if connection is None:
