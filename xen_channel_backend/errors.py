@@ -236,3 +236,90 @@ class LibvirtUnavailable(XenChannelError):
     def message(self) -> str:
         where = shown(self.uri) if self.uri else "the default libvirt URI"
         return f"libvirt at {where}: {self.detail}"
+
+
+# --- settings, path policy and registry (settings.py, paths.py, registry.py) ---
+
+
+class SettingsError(InputError):
+    """The settings file (or an environment override) is missing or malformed."""
+
+
+class RunDirTooLong(XenChannelError):
+    """The run directory leaves no room for the shortest socket path form.
+
+    ``needed`` is the longest run directory (in bytes) that still fits.
+    """
+
+    def __init__(self, rundir: str, needed: int) -> None:
+        super().__init__(rundir, needed)
+        self.rundir = rundir
+        self.needed = needed
+
+    def message(self) -> str:
+        size = len(self.rundir.encode("utf-8", "surrogateescape"))
+        return (
+            f"run directory {shown(self.rundir)} is {size} bytes; socket paths under it cannot "
+            f"fit the 107-byte limit (use a run directory of at most {self.needed} bytes)"
+        )
+
+
+class PathNotAllowed(XenChannelError):
+    """An explicit socket path outside the allowed roots (or in another domain's directory)."""
+
+    def __init__(self, channel: str | None, path: str, reason: str) -> None:
+        super().__init__(channel, path, reason)
+        self.channel = channel
+        self.path = path
+        self.reason = reason
+
+    def message(self) -> str:
+        who = f"channel {shown(self.channel)}" if self.channel else "channel"
+        return f"{who}: path {shown(self.path)} {self.reason}"
+
+
+class PathConflict(XenChannelError):
+    """Two domains claim one socket path; the owner keeps it."""
+
+    def __init__(
+        self, path: str, owner_uuid: str, owner_name: str | None,
+        claimant_uuid: str, claimant_name: str | None,
+    ) -> None:
+        super().__init__(path, owner_uuid, owner_name, claimant_uuid, claimant_name)
+        self.path = path
+        self.owner_uuid = owner_uuid
+        self.owner_name = owner_name
+        self.claimant_uuid = claimant_uuid
+        self.claimant_name = claimant_name
+
+    def message(self) -> str:
+        def who(name: str | None, uuid: str) -> str:
+            return f"domain {shown(name)} ({uuid})" if name else f"domain {uuid}"
+
+        return (
+            f"socket path {shown(self.path)} wanted by {who(self.claimant_name, self.claimant_uuid)}"
+            f" is already claimed by {who(self.owner_name, self.owner_uuid)}"
+        )
+
+
+class RegistryError(XenChannelError):
+    """A registry file that cannot be read, parsed or written (``path`` names it)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"registry {shown(self.path)}: {self.detail}"
+
+
+class UnknownDomain(XenChannelError):
+    """No registry record for this domain name or UUID."""
+
+    def __init__(self, domain: str) -> None:
+        super().__init__(domain)
+        self.domain = domain
+
+    def message(self) -> str:
+        return f"no registered domain {shown(self.domain)} (is it running with the hooks installed?)"
