@@ -1,0 +1,311 @@
+"""Our domain metadata: ``<xcb:channels>`` in libvirt's ``<metadata>`` element.
+
+A management tool finds a domain's channel sockets here without knowing our
+run directory layout, and the element travels with the domain (migration,
+``virsh dumpxml``).  The namespace is ``urn:xen-channel-backend:channels:1``
+with the prefix ``xcb``; ``xml/metadata.rng`` is its schema and
+docs/metadata.md its reference.  Version 1 may gain attributes, never change
+the meaning of these, so readers ignore attributes they do not know.
+
+Two writers use it:
+
+* ``fill``/``define`` edit the parsed domain tree with :func:`set_domain_metadata`
+  (the persistent copy);
+* the monitor calls ``virDomainSetMetadata(VIR_DOMAIN_METADATA_ELEMENT,
+  metadata_xml(...), PREFIX, NAMESPACE, VIR_DOMAIN_AFFECT_LIVE)`` (the live
+  copy, with pty paths and a ``state``).
+
+The content is untrusted on the way back in (anyone with ``virsh edit`` may
+change it), so :func:`parse_metadata` and :func:`read_domain_metadata` rebuild
+every channel through the model's validation and raise
+:class:`~xen_channel_backend.errors.InvalidMetadata` on anything else.
+
+lxml is imported lazily, like everywhere a hook might reach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .errors import InvalidMetadata, XenChannelError, shown
+from .model import Channel, Connection, Target
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+NAMESPACE = "urn:xen-channel-backend:channels:1"
+PREFIX = "xcb"
+#: Values of the ``state`` attribute: the registry's states (registry.py).
+STATES = ("preparing", "running", "stopped")
+
+_CHANNELS = f"{{{NAMESPACE}}}channels"
+_CHANNEL = f"{{{NAMESPACE}}}channel"
+#: Far above any real channel list (a Linux guest sees at most 7 Xen channels);
+#: stops a hostile metadata blob from costing more than a glance.
+MAX_METADATA_BYTES = 1024 * 1024
+MAX_CHANNELS = 1024
+
+# libvirt formats <domain>'s first children in this order
+# (virDomainDefFormatInternal): name, uuid, genid, title, description,
+# metadata, then maxMemory/memory and the rest.  Our <metadata> goes right
+# after the last of these that exists, so the output reads like libvirt's.
+_BEFORE_METADATA = ("name", "uuid", "genid", "title", "description")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Metadata:
+    """The content of one ``<xcb:channels>`` element.
+
+    ``state`` is set only in the live copy the monitor writes.
+    """
+
+    channels: tuple[Channel, ...]
+    state: str | None = None
+
+
+def metadata_element(channels: Iterable[Channel], state: str | None = None) -> etree._Element:
+    """Build ``<xcb:channels>`` (namespaced, prefix ``xcb``) for ``channels``."""
+    from lxml import etree
+
+    element = etree.Element(_CHANNELS, nsmap={PREFIX: NAMESPACE})
+    _fill(element, _CHANNEL, channels, state)
+    return element
+
+
+def metadata_xml(channels: Iterable[Channel], state: str | None = None) -> str:
+    """The XML string that ``virDomainSetMetadata`` takes for our namespace.
+
+    libvirt puts every element of the string into the namespace itself
+    (virXMLInjectNamespace) and refuses a string that already declares the
+    prefix ("failed to create a new XML namespace", tested on test:///default),
+    so this is the same element *without* a namespace.
+    """
+    from lxml import etree
+
+    element = etree.Element("channels")
+    _fill(element, "channel", channels, state)
+    return etree.tostring(element, encoding="unicode")
+
+
+def _fill(
+    element: etree._Element, child_tag: str, channels: Iterable[Channel], state: str | None
+) -> None:
+    from lxml import etree
+
+    if state is not None:
+        if state not in STATES:
+            raise ValueError(f"state {state!r} is not one of {STATES}")
+        element.set("state", state)
+    for channel in channels:
+        child = etree.SubElement(element, child_tag)
+        # Attribute order follows the schema and docs: name, connection, path, target.
+        if channel.name is not None:
+            child.set("name", channel.name)
+        child.set("connection", channel.connection.value)
+        if channel.path is not None:
+            child.set("path", channel.path)
+        child.set("target", channel.target.value)
+
+
+def set_domain_metadata(
+    root: etree._Element, channels: Iterable[Channel], state: str | None = None
+) -> InvalidMetadata | None:
+    """Write ``<metadata><xcb:channels>`` for ``channels`` into a parsed ``<domain>``.
+
+    Every element of our namespace directly under ``<metadata>`` is replaced;
+    elements of other namespaces are left exactly as they were.  A missing
+    ``<metadata>`` is created in libvirt's position.  Returns the problem with
+    the element that was replaced when it was invalid (so a caller can warn
+    that a hand edit was discarded), else None.
+    """
+    from lxml import etree
+
+    metadata = root.find("metadata")
+    problem: InvalidMetadata | None = None
+    if metadata is None:
+        metadata = etree.Element("metadata")
+        root.insert(_metadata_slot(root), metadata)
+        _indent_new_child(root, metadata)
+    else:
+        try:
+            _read_metadata_element(metadata, _source_of(root))
+        except InvalidMetadata as exc:
+            problem = exc
+        for old in [c for c in metadata if _namespace_of(c) == NAMESPACE]:
+            _remove_keeping_layout(old)
+    element = metadata_element(channels, state)
+    metadata.append(element)
+    _indent_new_child(metadata, element)
+    return problem
+
+
+def read_domain_metadata(root: etree._Element) -> list[Channel]:
+    """The channels in a parsed ``<domain>``'s ``<xcb:channels>``; [] when there is none.
+
+    Raises InvalidMetadata (naming the domain) when the element is present but
+    not valid.
+    """
+    found = find_domain_metadata(root)
+    return list(found.channels) if found is not None else []
+
+
+def find_domain_metadata(root: etree._Element) -> Metadata | None:
+    """Like :func:`read_domain_metadata`, keeping ``state``; None when there is none."""
+    metadata = root.find("metadata")
+    if metadata is None:
+        return None
+    return _read_metadata_element(metadata, _source_of(root))
+
+
+def parse_metadata(text: str | bytes, source: str = "<metadata>") -> Metadata:
+    """Parse what ``virDomainGetMetadata(VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE)`` returns.
+
+    libvirt returns our element with the namespace stripped
+    (``<channels state=..><channel .../></channels>``); the namespaced form
+    (as in ``virsh dumpxml``) is accepted too.  ``source`` names the origin
+    in error messages (e.g. the domain name).
+    """
+    from lxml import etree
+
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if len(data) > MAX_METADATA_BYTES:
+        raise InvalidMetadata(source, f"{len(data)} bytes, over the {MAX_METADATA_BYTES} limit")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise InvalidMetadata(source, "DOCTYPE/ENTITY declarations are not allowed")
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+    )
+    try:
+        element = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise InvalidMetadata(source, f"malformed XML: {exc.msg}") from None
+    namespace = _namespace_of(element)
+    if namespace not in (None, NAMESPACE) or etree.QName(element).localname != "channels":
+        raise InvalidMetadata(source, f"root element is {shown(element.tag)}, expected <channels>")
+    return _read_channels(element, namespace, source)
+
+
+def _read_metadata_element(metadata: etree._Element, source: str) -> Metadata | None:
+    ours = [c for c in metadata if _namespace_of(c) == NAMESPACE]
+    if not ours:
+        return None
+    if len(ours) > 1 or ours[0].tag != _CHANNELS:
+        tags = ", ".join(shown(c.tag) for c in ours[:3])
+        raise InvalidMetadata(source, f"expected one <{PREFIX}:channels> element, found {tags}")
+    return _read_channels(ours[0], NAMESPACE, source)
+
+
+def _read_channels(element: etree._Element, namespace: str | None, source: str) -> Metadata:
+    from lxml import etree
+
+    state = element.get("state")
+    if state is not None and state not in STATES:
+        raise InvalidMetadata(source, f"state {shown(state)} is not one of {', '.join(STATES)}")
+    if element.text is not None and element.text.strip():
+        raise InvalidMetadata(source, f"unexpected text {shown(element.text.strip())}")
+    child_tag = f"{{{namespace}}}channel" if namespace else "channel"
+    channels: list[Channel] = []
+    names: set[str] = set()
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue  # comments and processing instructions carry no data
+        if child.tag != child_tag:
+            localname = etree.QName(child).localname
+            raise InvalidMetadata(source, f"unexpected element {shown(localname)}")
+        if child.tail is not None and child.tail.strip():
+            raise InvalidMetadata(source, f"unexpected text {shown(child.tail.strip())}")
+        if len(channels) >= MAX_CHANNELS:
+            raise InvalidMetadata(source, f"more than {MAX_CHANNELS} channels")
+        channel = _read_channel(child, source)
+        if channel.name is not None:
+            if channel.name in names:
+                raise InvalidMetadata(source, f"channel {shown(channel.name)} appears twice")
+            names.add(channel.name)
+        channels.append(channel)
+    return Metadata(tuple(channels), state)
+
+
+def _read_channel(element: etree._Element, source: str) -> Channel:
+    name = element.get("name")
+    who = f"channel {shown(name)}" if name is not None else "a channel"
+    raw_connection = element.get("connection")
+    raw_target = element.get("target")
+    if raw_connection is None or raw_target is None:
+        missing = "connection" if raw_connection is None else "target"
+        raise InvalidMetadata(source, f"{who} has no {missing} attribute")
+    try:
+        connection = Connection(raw_connection)
+    except ValueError:
+        raise InvalidMetadata(
+            source, f"{who}: connection {shown(raw_connection)} is not socket or pty"
+        ) from None
+    try:
+        target = Target(raw_target)
+    except ValueError:
+        raise InvalidMetadata(
+            source, f"{who}: target {shown(raw_target)} is not xen, virtio or guestfwd"
+        ) from None
+    try:
+        return Channel(name=name, connection=connection, path=element.get("path"), target=target)
+    except XenChannelError as exc:
+        raise InvalidMetadata(source, exc.message()) from None
+
+
+def _namespace_of(element: etree._Element) -> str | None:
+    tag = element.tag
+    if not isinstance(tag, str) or not tag.startswith("{"):
+        return None
+    return tag[1:].split("}", 1)[0]
+
+
+def _source_of(root: etree._Element) -> str:
+    name = root.findtext("name")
+    return f"domain {shown(name)}" if name else "domain XML"
+
+
+def _metadata_slot(root: etree._Element) -> int:
+    slot = 0
+    for index, child in enumerate(root):
+        if child.tag in _BEFORE_METADATA:
+            slot = index + 1
+    return slot
+
+
+def _remove_keeping_layout(element: etree._Element) -> None:
+    parent = element.getparent()
+    assert parent is not None
+    previous = element.getprevious()
+    # The element's tail holds the indentation of whatever follows it.
+    if previous is not None:
+        previous.tail = element.tail
+    else:
+        parent.text = element.tail
+    parent.remove(element)
+
+
+def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
+    """Indent a just-inserted ``child`` (and its subtree) like libvirt's 2-space layout."""
+    depth = sum(1 for _ in parent.iterancestors()) + 1
+    inner = "\n" + "  " * depth
+    outer = "\n" + "  " * (depth - 1)
+    previous = child.getprevious()
+    if previous is not None:
+        child.tail = previous.tail
+        previous.tail = inner
+    else:
+        child.tail = inner if len(parent) > 1 else outer
+        parent.text = inner
+    _indent_subtree(child, depth + 1)
+
+
+def _indent_subtree(element: etree._Element, depth: int) -> None:
+    if not len(element):
+        return
+    inner = "\n" + "  " * depth
+    element.text = inner
+    for child in element:
+        child.tail = inner
+        _indent_subtree(child, depth + 1)
+    element[-1].tail = "\n" + "  " * (depth - 1)
