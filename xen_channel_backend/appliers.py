@@ -1,0 +1,846 @@
+"""Appliers: turn the items of a channel-protocol ``config`` into guest files.
+
+Each payload key (``hostname``, ``addresses``, ``ssh_keys``) has an applier in
+a :class:`Registry`; keys under ``extra`` are ``unsupported`` unless an
+applier was registered for them with :meth:`Registry.register_extra`.
+
+Applying is two-phase.  :meth:`Registry.plan` validates the whole payload
+without touching a file; one problem anywhere rejects the payload whole
+(the ack's status "error"), so a typo in an address can never leave the
+hostname changed and the keys not.  Only then is each item applied on its
+own, and each gets its own status: ``applied``, ``unchanged`` (idempotent
+re-apply), ``failed`` (e.g. the user does not exist) or ``unsupported``.
+
+Every file is written below ``ApplyContext.root`` through :class:`RootFS`,
+which resolves symlinks itself as if the root were ``/`` (so a symlink can
+never lead a write out of the root) and writes files atomically with their
+final mode and owner already set.  Tests pass a temporary root and touch
+nothing real.
+
+The guest agent imports this module, so it uses the standard library only
+(a guest may have no lxml or libvirt).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from .errors import XenChannelError, shown
+
+log = logging.getLogger(__name__)
+
+APPLIED = "applied"
+UNCHANGED = "unchanged"
+FAILED = "failed"
+UNSUPPORTED = "unsupported"
+
+#: Header of every file we own, so an admin knows where it comes from.
+MANAGED_HEADER = "# Written by xen-channel-guest from the host; local edits are overwritten.\n"
+
+
+# --------------------------------------------------------------------------
+# Results, items and the applier interface
+# --------------------------------------------------------------------------
+
+
+class ApplyFailed(XenChannelError):
+    """One item could not be applied (its ack entry says "failed" with ``detail``)."""
+
+    def __init__(self, item: str, detail: str) -> None:
+        super().__init__(item, detail)
+        self.item = item
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"{self.item}: {self.detail}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ItemResult:
+    """The outcome of one item, as the ack's ``results`` entry carries it."""
+
+    item: str
+    status: str
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"item": self.item, "status": self.status, "detail": self.detail}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a payload was rejected: the item at fault and a one-line reason."""
+
+    item: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.item}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Item:
+    """One independently applied part of the payload, already validated."""
+
+    name: str
+    value: object
+
+
+class Applier(Protocol):
+    """What the registry needs from an applier.
+
+    ``check`` is pure (it reads no file): it validates ``value`` and splits it
+    into items named after ``item`` (``"addresses"`` -> ``"addresses/eth0"``).
+    ``apply`` applies one item and returns APPLIED or UNCHANGED with a
+    detail; it raises :class:`ApplyFailed` (or ``OSError``) to fail the item.
+    """
+
+    def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]: ...
+
+    def apply(self, item: Item, ctx: ApplyContext) -> ItemResult: ...
+
+
+class LiveHostname(Protocol):
+    """The running system's hostname (only touched when the root is ``/``)."""
+
+    def get(self) -> str: ...
+
+    def set(self, name: str) -> None: ...
+
+
+class SystemHostname:
+    """The kernel's hostname, via the same sethostname(2) that hostname(1) uses."""
+
+    def get(self) -> str:
+        return socket.gethostname()
+
+    def set(self, name: str) -> None:
+        socket.sethostname(name)
+
+
+def reload_networkd() -> None:
+    """Ask systemd-networkd to re-read its .network files, if it is there."""
+    networkctl = shutil.which("networkctl")
+    if networkctl is None:
+        log.info("networkctl not found; the .network file takes effect when networkd starts")
+        return
+    done = subprocess.run(
+        [networkctl, "reload"], capture_output=True, text=True, check=False, timeout=30
+    )
+    if done.returncode != 0:
+        # Not fatal: the file is in place and networkd reads it on its next start.
+        log.warning("networkctl reload failed: %s", done.stderr.strip() or done.returncode)
+
+
+@dataclasses.dataclass
+class ApplyContext:
+    """Where and how appliers write.
+
+    ``live_hostname`` and ``reload_network`` act on the running system, so
+    :meth:`for_root` sets them only when the root is ``/``; tests inject
+    doubles to check that they are called.
+    """
+
+    root: str = "/"
+    live_hostname: LiveHostname | None = None
+    reload_network: Callable[[], None] | None = None
+    #: chown(2) to another uid needs root; unprivileged runs skip it.
+    may_chown: bool = dataclasses.field(default_factory=lambda: os.geteuid() == 0)
+
+    @classmethod
+    def for_root(cls, root: str = "/") -> ApplyContext:
+        live = os.path.realpath(root) == "/"
+        return cls(
+            root=root,
+            live_hostname=SystemHostname() if live else None,
+            reload_network=reload_networkd if live else None,
+        )
+
+    @property
+    def fs(self) -> RootFS:
+        return RootFS(self.root)
+
+
+# --------------------------------------------------------------------------
+# File access confined to the root
+# --------------------------------------------------------------------------
+
+_MAX_SYMLINKS = 40  # the kernel's own limit (MAXSYMLINKS) for one lookup
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Owner:
+    uid: int
+    gid: int
+
+
+class RootFS:
+    """Files under ``root``, with symlinks resolved as if ``root`` were ``/``.
+
+    Every component is opened with O_NOFOLLOW relative to its parent's file
+    descriptor; a symlink is read and resolved here, with absolute targets
+    starting again at the root and ``..`` never climbing above it.  So
+    ``<root>/home/bob -> /srv/bob`` lands in ``<root>/srv/bob``, and no
+    symlink planted in the root (or swapped in during the write) can send a
+    write outside it.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def shown_path(self, path: str) -> str:
+        """How messages name ``path``: as the guest sees it under its root."""
+        if os.path.realpath(self.root) == "/":
+            return path
+        return os.path.join(self.root, path.lstrip("/"))
+
+    @contextlib.contextmanager
+    def directory(self, path: str, *, create_mode: int | None = None) -> Iterator[int]:
+        """Open directory ``path`` (absolute, inside the root) and yield its fd.
+
+        Missing components are created with ``create_mode`` when it is given.
+        """
+        fd = self.open_directory(path, create_mode)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def open_directory(self, path: str, create_mode: int | None = None) -> int:
+        """Like :meth:`directory`, returning an fd that the caller closes."""
+        stack = [os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
+        pending = [part for part in path.split("/") if part]
+        pending.reverse()
+        links = 0
+        try:
+            while pending:
+                part = pending.pop()
+                if part == ".":
+                    continue
+                if part == "..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                target = _symlink_target(part, stack[-1])
+                if target is not None:
+                    links += 1
+                    if links > _MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, "too many symlinks", self.shown_path(path))
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                    pending.extend(reversed([p for p in target.split("/") if p]))
+                    continue
+                stack.append(_open_subdirectory(part, stack[-1], create_mode))
+            result = stack.pop()
+        finally:
+            for fd in stack:
+                os.close(fd)
+        return result
+
+    def read_file(self, path: str, limit: int = 4 << 20) -> bytes | None:
+        """Return the content of regular file ``path``, or None if it is missing."""
+        directory, name = os.path.split(path)
+        try:
+            with self.directory(directory) as dir_fd:
+                found = read_at(dir_fd, name, limit)
+        except FileNotFoundError:
+            return None
+        return None if found is None else found[0]
+
+    def write_file(
+        self, path: str, data: bytes, mode: int, *, create_mode: int | None = 0o755
+    ) -> bool:
+        """Atomically make ``path`` hold ``data`` with ``mode``; False if it already did."""
+        directory, name = os.path.split(path)
+        with self.directory(directory, create_mode=create_mode) as dir_fd:
+            return write_at(dir_fd, name, data, mode)
+
+
+def _symlink_target(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError as exc:
+        # EINVAL: it exists and is not a symlink; ENOENT: it does not exist.
+        if exc.errno in (errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def _open_subdirectory(name: str, dir_fd: int, create_mode: int | None) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if create_mode is None:
+            raise
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, create_mode, dir_fd=dir_fd)
+    # O_NOFOLLOW again: something racing us may have put a symlink there.
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def read_at(dir_fd: int, name: str, limit: int) -> tuple[bytes, os.stat_result] | None:
+    """Read regular file ``name`` in ``dir_fd`` without following a symlink."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
+        )
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: never ours, write_at replaces it
+            return None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return handle.read(limit + 1), info
+
+
+def write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: Owner | None = None) -> bool:
+    """Atomically make ``name`` in ``dir_fd`` hold ``data``; False if nothing changed.
+
+    Like :func:`atomic.atomic_write` (temporary file, fsync, rename, fsync of
+    the directory), but relative to a directory fd: the directory may belong
+    to the user whose keys we write, and a path would let that user swap
+    ``~/.ssh`` for a symlink between our check and our rename.  Mode and
+    owner are set on the temporary file, so the file is never visible with
+    the wrong ones.  A symlink at ``name`` is replaced, never followed.
+    """
+    found = read_at(dir_fd, name, len(data))
+    if found is not None:
+        content, info = found
+        if (
+            content == data
+            and stat.S_IMODE(info.st_mode) == mode
+            and (owner is None or (info.st_uid, info.st_gid) == (owner.uid, owner.gid))
+        ):
+            return False
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if owner is not None:
+                os.fchown(handle.fileno(), owner.uid, owner.gid)
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+    return True
+
+
+# --------------------------------------------------------------------------
+# hostname
+# --------------------------------------------------------------------------
+
+#: sethostname(2) takes at most HOST_NAME_MAX (64) bytes; systemd applies the
+#: same limit to /etc/hostname.
+MAX_HOSTNAME = 64
+_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def hostname_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid hostname (RFC 1123 labels), or None."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value:
+        return "is empty"
+    if len(value) > MAX_HOSTNAME:
+        return f"{shown(value)} is {len(value)} characters, over the {MAX_HOSTNAME} allowed"
+    if not all(_LABEL_RE.fullmatch(label) for label in value.split(".")):
+        return (
+            f"{shown(value)} is not a hostname: use dot-separated labels of "
+            "A-Z a-z 0-9 and '-', not starting or ending with '-'"
+        )
+    return None
+
+
+class HostnameApplier:
+    """``hostname``: /etc/hostname, plus the running hostname when the root is ``/``."""
+
+    path = "/etc/hostname"
+
+    def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
+        problem = hostname_problem(value)
+        if problem is not None:
+            return [], [Problem(item, problem)]
+        return [Item(item, value)], []
+
+    def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
+        name = str(item.value)
+        changed = ctx.fs.write_file(self.path, f"{name}\n".encode("ascii"), 0o644)
+        if ctx.live_hostname is not None and ctx.live_hostname.get() != name:
+            ctx.live_hostname.set(name)
+            changed = True
+        if not changed:
+            return ItemResult(item.name, UNCHANGED, f"hostname is already {name}")
+        return ItemResult(item.name, APPLIED, f"hostname set to {name}")
+
+
+# --------------------------------------------------------------------------
+# ssh authorized_keys
+# --------------------------------------------------------------------------
+
+#: Key types OpenSSH accepts in authorized_keys (ssh-dss is disabled since 7.0).
+SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+# useradd's default NAME_REGEX, as protocol.validate_config_payload checks it.
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
+_COMMENT_RE = re.compile(r"[\x20-\x7e]*")
+MAX_KEY_LINE = 16384  # a 16384-bit RSA key is ~2.8 KB in base64
+
+
+def ssh_key_problem(line: object) -> str | None:
+    """Why ``line`` is not one plain public key line (type, base64, comment), or None.
+
+    Options (``command="..."``, ``from=...``) come before the type, so
+    insisting on a known type first rules them out; the base64 blob must
+    decode and start with the same type (the SSH wire format, RFC 4253 6.6),
+    which rules out a pasted private key or a truncated line.
+    """
+    if not isinstance(line, str):
+        return f"must be a string, not {type(line).__name__}"
+    if len(line) > MAX_KEY_LINE:
+        return f"is {len(line)} characters, over the {MAX_KEY_LINE} allowed"
+    if not _COMMENT_RE.fullmatch(line):
+        return f"{shown(line)} contains a newline or another control character"
+    fields = line.split(None, 2)
+    if len(fields) < 2:
+        return f"{shown(line)} is not '<type> <base64> [comment]'"
+    key_type, blob = fields[0], fields[1]
+    if key_type not in SSH_KEY_TYPES:
+        return (
+            f"{shown(line)} does not start with a key type ({', '.join(sorted(SSH_KEY_TYPES))}); "
+            "options are not allowed"
+        )
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return f"the key data of {shown(line)} is not base64"
+    if len(raw) < 4:
+        return f"the key data of {shown(line)} is too short"
+    (size,) = struct.unpack(">I", raw[:4])
+    if raw[4 : 4 + size] != key_type.encode("ascii"):
+        return f"the key data of {shown(line)} is not a {key_type} key"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def lookup_user(fs: RootFS, user: str) -> PasswdEntry:
+    """Find ``user`` in ``<root>/etc/passwd`` (not NSS: the root may not be ours)."""
+    data = fs.read_file("/etc/passwd")
+    if data is None:
+        raise ApplyFailed(f"ssh_keys/{user}", f"{fs.shown_path('/etc/passwd')} does not exist")
+    for raw in data.decode("utf-8", "replace").splitlines():
+        fields = raw.split(":")
+        if len(fields) != 7 or fields[0] != user:
+            continue
+        try:
+            uid, gid = int(fields[2]), int(fields[3])
+        except ValueError:
+            break
+        if not fields[5].startswith("/"):
+            raise ApplyFailed(
+                f"ssh_keys/{user}", f"user {shown(user)} has no absolute home directory"
+            )
+        return PasswdEntry(user, uid, gid, fields[5])
+    raise ApplyFailed(
+        f"ssh_keys/{user}", f"user {shown(user)} not found in {fs.shown_path('/etc/passwd')}"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserKeys:
+    user: str
+    lines: tuple[str, ...]
+
+
+class SshKeysApplier:
+    """``ssh_keys``: ``~user/.ssh/authorized_keys`` holds exactly the given keys.
+
+    ``.ssh`` is 0700 and the file 0600, both owned by the user, which is what
+    sshd's StrictModes demands.  The home directory must exist (we never
+    create homes); ``.ssh`` must not be a symlink, because the user owns the
+    home directory and could point it anywhere.
+    """
+
+    def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
+        if not isinstance(value, list):
+            return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
+        items: list[Item] = []
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for index, entry in enumerate(value):
+            where = f"{item}[{index}]"
+            if not isinstance(entry, dict):
+                problems.append(Problem(where, "must be an object with 'user' and 'keys'"))
+                continue
+            user = entry.get("user")
+            if not isinstance(user, str) or not _USER_RE.fullmatch(user):
+                problems.append(Problem(where, f"user {shown(user)} is not a valid user name"))
+                continue
+            where = f"{item}/{user}"
+            if user in seen:
+                problems.append(Problem(where, "user appears twice"))
+                continue
+            seen.add(user)
+            unknown = sorted(set(entry) - {"user", "keys"})
+            if unknown:
+                problems.append(Problem(where, f"unknown fields {shown(unknown)}"))
+            keys = entry.get("keys")
+            if not isinstance(keys, list):
+                problems.append(Problem(where, "keys must be a list of public key lines"))
+                continue
+            bad = [
+                f"key {number}: {problem}"
+                for number, key in enumerate(keys)
+                if (problem := ssh_key_problem(key)) is not None
+            ]
+            if bad:
+                problems.extend(Problem(where, message) for message in bad)
+                continue
+            lines = tuple(" ".join(str(key).split(None, 2)) for key in keys)
+            items.append(Item(where, UserKeys(user, lines)))
+        return items, problems
+
+    def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
+        assert isinstance(item.value, UserKeys)
+        user, lines = item.value.user, item.value.lines
+        fs = ctx.fs
+        entry = lookup_user(fs, user)
+        owner = Owner(entry.uid, entry.gid) if ctx.may_chown else None
+        data = (MANAGED_HEADER + "".join(f"{line}\n" for line in lines)).encode("ascii")
+        shown_home = fs.shown_path(entry.home)
+        try:
+            home_fd = fs.open_directory(entry.home)
+        except FileNotFoundError:
+            raise ApplyFailed(
+                item.name, f"home directory {shown(shown_home)} of {shown(user)} does not exist"
+            ) from None
+        try:
+            with _open_ssh_dir(home_fd, item.name, shown_home) as ssh_fd:
+                changed = _fix_directory(ssh_fd, 0o700, owner)
+                changed |= write_at(ssh_fd, "authorized_keys", data, 0o600, owner)
+        finally:
+            os.close(home_fd)
+        where = os.path.join(shown_home, ".ssh/authorized_keys")
+        count = f"{len(lines)} key{'s' if len(lines) != 1 else ''}"
+        if not changed:
+            return ItemResult(item.name, UNCHANGED, f"{where} already holds {count}")
+        note = "" if owner is not None else " (not chowned: the agent is not root)"
+        return ItemResult(item.name, APPLIED, f"wrote {count} to {where}{note}")
+
+
+@contextlib.contextmanager
+def _open_ssh_dir(home_fd: int, item: str, shown_home: str) -> Iterator[int]:
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(".ssh", 0o700, dir_fd=home_fd)
+    try:
+        fd = os.open(".ssh", _DIR_FLAGS, dir_fd=home_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ApplyFailed(
+                item, f"{shown(shown_home + '/.ssh')} is a symlink or not a directory; refusing"
+            ) from None
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _fix_directory(fd: int, mode: int, owner: Owner | None) -> bool:
+    info = os.fstat(fd)
+    changed = False
+    if owner is not None and (info.st_uid, info.st_gid) != (owner.uid, owner.gid):
+        os.fchown(fd, owner.uid, owner.gid)
+        changed = True
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+        changed = True
+    return changed
+
+
+# --------------------------------------------------------------------------
+# network addresses (systemd-networkd)
+# --------------------------------------------------------------------------
+
+# The kernel's dev_valid_name() allows up to IFNAMSIZ-1 (15) bytes without '/',
+# ':' or whitespace; we also keep out everything that is not safe in a file
+# name or an INI value.
+_IFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+NETWORK_DIR = "/etc/systemd/network"
+
+
+def interface_problem(name: object) -> str | None:
+    if not isinstance(name, str):
+        return f"interface must be a string, not {type(name).__name__}"
+    if not _IFACE_RE.fullmatch(name):
+        return (
+            f"interface {shown(name)} is not an interface name: use 1-15 characters of "
+            "A-Z a-z 0-9 _ . -, starting with a letter or digit"
+        )
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    interface: str
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    gateways: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    dns: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+
+    def network_file(self) -> str:
+        """The .network file; every value is re-rendered by ipaddress, so no
+        text from the host reaches the file verbatim."""
+        lines = [MANAGED_HEADER, "[Match]\n", f"Name={self.interface}\n", "\n", "[Network]\n"]
+        lines += [f"Address={address}\n" for address in self.addresses]
+        lines += [f"Gateway={gateway}\n" for gateway in self.gateways]
+        lines += [f"DNS={server}\n" for server in self.dns]
+        return "".join(lines)
+
+
+def _parse_address_entry(entry: object) -> tuple[str | None, InterfaceConfig | None, list[str]]:
+    if not isinstance(entry, dict):
+        return None, None, ["must be an object with 'interface' and 'address'"]
+    problems: list[str] = []
+    interface = entry.get("interface")
+    if (problem := interface_problem(interface)) is not None:
+        return None, None, [problem]
+    assert isinstance(interface, str)
+    unknown = sorted(set(entry) - {"interface", "address", "gateway", "dns"})
+    if unknown:
+        problems.append(f"unknown fields {shown(unknown)}")
+    raw_address = entry.get("address")
+    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    if not isinstance(raw_address, str) or "/" not in raw_address:
+        problems.append(f"address {shown(raw_address)} must be 'IP/prefix', e.g. 192.0.2.10/24")
+    else:
+        try:
+            address = ipaddress.ip_interface(raw_address)
+        except ValueError:
+            problems.append(f"address {shown(raw_address)} is not an IP address with a prefix")
+    gateways: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    raw_gateway = entry.get("gateway")
+    if raw_gateway is not None:
+        try:
+            gateway = ipaddress.ip_address(raw_gateway if isinstance(raw_gateway, str) else "-")
+        except ValueError:
+            problems.append(f"gateway {shown(raw_gateway)} is not an IP address")
+        else:
+            if address is not None and gateway.version != address.version:
+                problems.append(f"gateway {gateway} is not IPv{address.version} like {address}")
+            gateways.append(gateway)
+    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    raw_dns = entry.get("dns", [])
+    if not isinstance(raw_dns, list):
+        problems.append("dns must be a list of IP addresses")
+    else:
+        for server in raw_dns:
+            try:
+                dns.append(ipaddress.ip_address(server if isinstance(server, str) else "-"))
+            except ValueError:
+                problems.append(f"dns server {shown(server)} is not an IP address")
+    if problems or address is None:
+        return interface, None, problems
+    return interface, InterfaceConfig(interface, (address,), tuple(gateways), tuple(dns)), []
+
+
+class AddressesApplier:
+    """``addresses``: one ``50-xen-channel-<iface>.network`` per interface.
+
+    Protocol v1 allows one entry per interface.  Interfaces the payload
+    does not name are left alone (their files stay).
+    """
+
+    def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
+        if not isinstance(value, list):
+            return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
+        configs: dict[str, InterfaceConfig] = {}
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for index, entry in enumerate(value):
+            interface, config, messages = _parse_address_entry(entry)
+            where = f"{item}/{interface}" if interface is not None else f"{item}[{index}]"
+            problems.extend(Problem(where, message) for message in messages)
+            if interface is not None and interface in seen:
+                problems.append(Problem(where, "interface appears twice"))
+            elif config is not None:
+                configs[config.interface] = config
+            if interface is not None:
+                seen.add(interface)
+        if problems:
+            return [], problems
+        return [Item(f"{item}/{name}", config) for name, config in configs.items()], []
+
+    def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
+        config = item.value
+        assert isinstance(config, InterfaceConfig)
+        path = f"{NETWORK_DIR}/50-xen-channel-{config.interface}.network"
+        changed = ctx.fs.write_file(path, config.network_file().encode("ascii"), 0o644)
+        where = ctx.fs.shown_path(path)
+        if not changed:
+            return ItemResult(item.name, UNCHANGED, f"{where} is up to date")
+        if ctx.reload_network is not None:
+            ctx.reload_network()
+        return ItemResult(item.name, APPLIED, f"wrote {where}")
+
+
+# --------------------------------------------------------------------------
+# The registry and the two-phase apply
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated payload: what to apply, or why nothing will be."""
+
+    steps: list[tuple[Applier | None, Item]]  # None: unsupported
+    problems: list[Problem]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigOutcome:
+    """Everything the ack needs: status, per-item results, and the rejection reason."""
+
+    status: str  # "ok" | "partial" | "error"
+    results: list[ItemResult]
+    error: str | None = None
+
+
+class Registry:
+    """Payload key -> applier, and ``extra`` key -> applier."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, Applier] = {}
+        self._extras: dict[str, Applier] = {}
+
+    def register(self, kind: str, applier: Applier) -> None:
+        if kind == "extra":
+            raise ValueError("register keys under 'extra' with register_extra()")
+        self._kinds[kind] = applier
+
+    def register_extra(self, key: str, applier: Applier) -> None:
+        self._extras[key] = applier
+
+    def capabilities(self) -> list[str]:
+        """What hello-ack advertises: payload keys, then ``extra/<key>`` we handle."""
+        return [*self._kinds, *(f"extra/{key}" for key in self._extras)]
+
+    def plan(self, payload: object) -> Plan:
+        """Validate the whole payload without touching any file."""
+        if not isinstance(payload, Mapping):
+            return Plan([], [Problem("payload", "must be an object")])
+        steps: list[tuple[Applier | None, Item]] = []
+        problems: list[Problem] = []
+        for kind, value in payload.items():
+            if kind == "extra":
+                self._plan_extra(value, steps, problems)
+                continue
+            applier = self._kinds.get(kind)
+            if applier is None:
+                steps.append((None, Item(str(kind), value)))
+                continue
+            items, found = applier.check(value, kind)
+            steps.extend((applier, item) for item in items)
+            problems.extend(found)
+        return Plan(steps, problems)
+
+    def _plan_extra(
+        self, value: object, steps: list[tuple[Applier | None, Item]], problems: list[Problem]
+    ) -> None:
+        if not isinstance(value, Mapping):
+            problems.append(Problem("extra", "must be an object"))
+            return
+        for key, sub in value.items():
+            name = f"extra/{key}"
+            applier = self._extras.get(key)
+            if applier is None:
+                steps.append((None, Item(name, sub)))
+                continue
+            items, found = applier.check(sub, name)
+            steps.extend((applier, item) for item in items)
+            problems.extend(found)
+
+    def apply(self, payload: object, ctx: ApplyContext) -> ConfigOutcome:
+        """Validate, then (only if all is valid) apply every item on its own."""
+        plan = self.plan(payload)
+        if plan.problems:
+            results = [ItemResult(p.item, FAILED, p.message) for p in plan.problems]
+            summary = "; ".join(str(p) for p in plan.problems)
+            return ConfigOutcome("error", results, f"payload rejected, nothing applied: {summary}")
+        results = [_apply_one(applier, item, ctx) for applier, item in plan.steps]
+        done = all(result.status in (APPLIED, UNCHANGED) for result in results)
+        return ConfigOutcome("ok" if done else "partial", results)
+
+
+def _apply_one(applier: Applier | None, item: Item, ctx: ApplyContext) -> ItemResult:
+    if applier is None:
+        return ItemResult(item.name, UNSUPPORTED, "no applier for this item in this agent")
+    try:
+        return applier.apply(item, ctx)
+    except ApplyFailed as exc:
+        log.warning("%s", exc)
+        return ItemResult(item.name, FAILED, exc.detail)
+    except OSError as exc:
+        # One item's I/O failure (a full disk, a read-only /home) must not
+        # stop the others, and the host needs to know which one failed.
+        log.warning("%s: %s", item.name, exc)
+        return ItemResult(item.name, FAILED, f"{exc.strerror or exc}" + _filename(exc))
+
+
+def _filename(exc: OSError) -> str:
+    return f": {exc.filename}" if exc.filename else ""
+
+
+def default_registry() -> Registry:
+    registry = Registry()
+    registry.register("hostname", HostnameApplier())
+    registry.register("addresses", AddressesApplier())
+    registry.register("ssh_keys", SshKeysApplier())
+    return registry
