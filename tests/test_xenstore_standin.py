@@ -17,11 +17,14 @@ from xenstore_standin import XenstoreStandin
 
 CLIENTS = ("xenstore-read", "xenstore-write", "xenstore-ls", "xenstore-exists", "xenstore-rm")
 _missing = [c for c in CLIENTS if shutil.which(c) is None]
-pytestmark = pytest.mark.skipif(
-    bool(_missing),
-    reason=f"Debian's xenstore-utils is not installed (missing {', '.join(_missing)}); "
-    "run scripts/install-deps",
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        bool(_missing),
+        reason=f"Debian's xenstore-utils is not installed (missing {', '.join(_missing)}); "
+        "run scripts/install-deps",
+    ),
+]
 
 GUEST = 7
 
