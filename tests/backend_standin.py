@@ -151,24 +151,19 @@ class BackendStandin:
 
         try:
             while True:
-                # Backpressure both ways: read from the client only when the
-                # pty took everything, watch for writability only with data queued.
-                sel.modify(
-                    master,
-                    selectors.EVENT_READ | (selectors.EVENT_WRITE if to_guest else 0),
-                    "guest",
-                )
+                # Backpressure both ways, as QEMU stops draining the ring while
+                # the chardev cannot take more: read the guest only while the
+                # client keeps up (or nobody is connected: then the backlog is
+                # trimmed instead), read the client only once the pty took all.
+                guest_events = selectors.EVENT_WRITE if to_guest else 0
+                if client is None or len(backlog) < BACKLOG_LIMIT:
+                    guest_events |= selectors.EVENT_READ
+                _interest(sel, master, guest_events, "guest")
                 if client is not None:
-                    want = (0 if to_guest else selectors.EVENT_READ) | (
+                    client_events = (0 if to_guest else selectors.EVENT_READ) | (
                         selectors.EVENT_WRITE if backlog else 0
                     )
-                    registered = _registered(sel, client)
-                    if want and registered:
-                        sel.modify(client, want, "client")
-                    elif want:
-                        sel.register(client, want, "client")
-                    elif registered:
-                        sel.unregister(client)
+                    _interest(sel, client, client_events, "client")
                 for key, events in sel.select():
                     if key.data == "wake":
                         return
@@ -182,7 +177,8 @@ class BackendStandin:
                         if events & selectors.EVENT_READ:
                             with contextlib.suppress(BlockingIOError):
                                 backlog += os.read(master, _READ_SIZE)
-                            del backlog[: max(0, len(backlog) - BACKLOG_LIMIT)]
+                            if client is None:
+                                del backlog[: max(0, len(backlog) - BACKLOG_LIMIT)]
                         if events & selectors.EVENT_WRITE and to_guest:
                             with contextlib.suppress(BlockingIOError):
                                 del to_guest[: os.write(master, to_guest)]
@@ -214,12 +210,20 @@ class BackendStandin:
             self._listener = None
 
 
-def _registered(sel: selectors.BaseSelector, sock: socket.socket) -> bool:
+def _interest(
+    sel: selectors.BaseSelector, fileobj: int | socket.socket, events: int, data: str
+) -> None:
+    """Watch ``fileobj`` for exactly ``events`` (none: not at all)."""
     try:
-        sel.get_key(sock)
+        sel.get_key(fileobj)
     except KeyError:
-        return False
-    return True
+        if events:
+            sel.register(fileobj, events, data)
+        return
+    if events:
+        sel.modify(fileobj, events, data)
+    else:
+        sel.unregister(fileobj)
 
 
 @contextlib.contextmanager
