@@ -113,8 +113,8 @@ class XenstoreStandin:
 
     def write(self, path: str, value: str | bytes, tx: int = 0) -> None:
         full = self.resolve(path)
-        nodes = self._tree(tx)
         with self._lock:
+            nodes = self._tree(tx)
             self._create(nodes, _parent(full))
             nodes[full] = value.encode() if isinstance(value, str) else value
 
@@ -126,8 +126,8 @@ class XenstoreStandin:
         full = self.resolve(path)
         if full == "/":
             raise XenstoreError("EINVAL")
-        nodes = self._tree(tx)
         with self._lock:
+            nodes = self._tree(tx)
             if full not in nodes:
                 # xenstored acks removing a missing node whose parent exists.
                 if _parent(full) in nodes:
@@ -138,8 +138,8 @@ class XenstoreStandin:
 
     def directory(self, path: str, tx: int = 0) -> list[str]:
         full = self.resolve(path)
-        nodes = self._tree(tx)
         with self._lock:
+            nodes = self._tree(tx)
             if full not in nodes:
                 raise XenstoreError("ENOENT")
             return [k.rsplit("/", 1)[1] for k in nodes if k != "/" and _parent(k) == full]
