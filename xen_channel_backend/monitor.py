@@ -1,0 +1,610 @@
+"""``xen-channel monitor``: keep the live metadata and the registry in step with libvirt.
+
+Hooks must never call libvirt (FACTS §1: the call is synchronous and
+libvirtd waits, so calling back deadlocks), yet the live ``<xcb:channels>``
+copy (with pty paths, which appear only at ``started``) can only be written
+through the API.  This long-running process does it:
+
+* It registers for domain lifecycle events with libvirt-python's default
+  event loop (``virEventRegisterDefaultImpl`` + a thread running
+  ``virEventRunDefaultImpl``).  The callbacks only note the domain's UUID and
+  wake the main thread, which does the libvirt calls: a callback runs on the
+  event loop thread, and blocking it stalls every event and keepalive.
+* For each noted domain the main thread *syncs* it (:meth:`Monitor.sync`),
+  an idempotent step that looks the domain up again instead of trusting the
+  event: libvirt delivers events after the fact (a transient domain is
+  already gone when its ``stopped`` event arrives), and after a reconnect we
+  have missed some anyway.
+* At start, after every reconnect and every ``--reconcile-interval`` seconds
+  it reconciles the registry with libvirt's domain list
+  (:meth:`Monitor.reconcile`): records of domains that no longer exist are
+  removed, with their sockets and socket directories - only ever below the
+  run directory.
+* It survives libvirtd restarts: a close callback and keepalive
+  (``virConnectSetKeepAlive``) detect the dead connection, and it reconnects
+  with bounded exponential backoff, then reconciles.
+* One log line per action on stderr (journald picks it up); SIGTERM and
+  SIGINT end it cleanly with exit status 0.
+
+Which channels are ours: those in the domain's registry record (written by
+the hooks) and those in the ``<xcb:channels>`` metadata that ``fill`` and
+``define`` put in the definition (it is copied into the live definition at
+start).  A domain with neither is left alone: we never write metadata into
+domains we do not manage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import select
+import signal
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from . import metadata
+from .console import Streams
+from .errors import InvalidMetadata, LibvirtUnavailable, RegistryError, XenChannelError, shown
+from .model import Channel, Connection
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+    from .registry import ChannelRecord, DomainRecord, Registry
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "xen:///system"
+#: Reconnect backoff: 0.5 s doubling to at most 30 s, so a libvirtd that is
+#: down for long costs two log lines a minute and comes back within 30 s.
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+#: virConnectSetKeepAlive(interval, count): a hung daemon is declared dead
+#: after about interval * (count + 1) seconds.
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+
+#: virConnectGetType() -> the driver name the hooks record (hooks/<driver>).
+_DRIVERS = {"QEMU": "qemu", "Xen": "libxl", "xenlight": "libxl", "Test": "test"}
+
+_loop_lock = threading.Lock()
+_loop_thread: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event loop once per process and run it in a thread.
+
+    It must be registered before the connection whose events and keepalive
+    it serves is opened.
+    """
+    import libvirt
+
+    global _loop_thread
+    with _loop_lock:
+        if _loop_thread is not None:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        _loop_thread = threading.Thread(
+            target=_run_event_loop, name="libvirt-event-loop", daemon=True
+        )
+        _loop_thread.start()
+
+
+def _run_event_loop() -> None:
+    import libvirt
+
+    while True:
+        if libvirt.virEventRunDefaultImpl() < 0:  # pragma: no cover - libvirt internal failure
+            log.warning("libvirt event loop iteration failed")
+            time.sleep(0.1)
+
+
+def _quiet_libvirt_errors() -> None:
+    """Stop libvirt-python printing every error to stderr; we log them once ourselves."""
+    import libvirt
+
+    def ignore(_context: object, _error: object) -> None:
+        return None
+
+    libvirt.registerErrorHandler(ignore, None)
+
+
+@dataclasses.dataclass
+class ReconcileReport:
+    """What one reconcile pass did (for logs, tests and the benchmark)."""
+
+    domains: int = 0
+    records: int = 0
+    removed: list[str] = dataclasses.field(default_factory=list)
+    synced: list[str] = dataclasses.field(default_factory=list)
+
+
+class Monitor:
+    """The monitor's state and steps; :meth:`serve` is the loop.
+
+    Tests drive it in-process: construct, :meth:`connect`, call
+    :meth:`reconcile` / :meth:`process_pending`, or run :meth:`serve` in a
+    thread and end it with :meth:`stop`.
+    """
+
+    def __init__(
+        self, uri: str, settings: Settings, registry: Registry, *,
+        reconcile_interval: float = 60.0,
+    ) -> None:
+        self.uri = uri
+        self.settings = settings
+        self.registry = registry
+        self.reconcile_interval = reconcile_interval
+        self.conn: Any = None
+        self.driver: str | None = None
+        self._callback_id: int | None = None
+        self._pending: deque[str] = deque()
+        self._connection_lost = False
+        self._stopping = False
+        # UUID -> domain id when we last synced it while running; a running
+        # domain keeps its id, so reconcile skips it until an event or a
+        # restart (a new id) says something changed.
+        self._synced: dict[str, int] = {}
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        self.disconnect()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to return (safe from a signal handler or another thread)."""
+        self._stopping = True
+        self._wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def serve(self) -> int:
+        """Run until :meth:`stop`: connect, reconcile, then follow events."""
+        next_reconcile = 0.0
+        while not self._stopping:
+            if self.conn is None:
+                if not self.connect_with_backoff():
+                    break
+                next_reconcile = 0.0  # reconcile after every (re)connect
+            if time.monotonic() >= next_reconcile:
+                self._guarded(self.reconcile)
+                next_reconcile = time.monotonic() + self.reconcile_interval
+            self._wait(max(0.0, next_reconcile - time.monotonic()))
+            if self._stopping:
+                break
+            self._guarded(self.process_pending)
+            if self._connection_lost:
+                log.warning("lost the connection to %s; reconnecting", self.uri)
+                self.disconnect()
+        self.disconnect()
+        log.info("monitor stopped")
+        return 0
+
+    # --- connection -------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the connection and register for lifecycle events; raise on failure."""
+        import libvirt
+
+        ensure_event_loop()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(self.uri, str(exc.get_error_message())) from None
+        try:
+            conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except libvirt.libvirtError:
+            pass  # local drivers (test://) have no keepalive and cannot hang
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+        except libvirt.libvirtError:
+            pass  # only remote connections can close under us
+        try:
+            self._callback_id = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            )
+        except libvirt.libvirtError as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+            raise LibvirtUnavailable(
+                self.uri, f"cannot register for domain events: {exc.get_error_message()}"
+            ) from None
+        self.conn = conn
+        self.driver = _DRIVERS.get(conn.getType(), conn.getType().lower())
+        self._connection_lost = False
+        self._synced.clear()
+        log.info("connected to %s (driver %s); following domain events", self.uri, self.driver)
+
+    def connect_with_backoff(self) -> bool:
+        """Connect, retrying with bounded exponential backoff; False if stopped first."""
+        delay = BACKOFF_START
+        while not self._stopping:
+            try:
+                self.connect()
+                return True
+            except LibvirtUnavailable as exc:
+                log.warning("%s; retrying in %.1f s", exc.message(), delay)
+            self._wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+        return False
+
+    def disconnect(self) -> None:
+        import libvirt
+
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            if self._callback_id is not None:
+                conn.domainEventDeregisterAny(self._callback_id)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        self._callback_id = None
+        self._synced.clear()
+
+    # --- callbacks (event loop thread: note and wake, nothing else) --------------
+
+    def _on_lifecycle(self, _conn: Any, domain: Any, event: int, detail: int, _opaque: Any) -> None:
+        self._pending.append(domain.UUIDString())
+        self._wake()
+
+    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        self._connection_lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"x")
+
+    def _wait(self, timeout: float) -> None:
+        if self._pending or self._stopping or self._connection_lost:
+            timeout = 0.0
+        with contextlib.suppress(InterruptedError):
+            select.select([self._wake_read], [], [], timeout)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_read, 4096):
+                pass
+
+    def _guarded(self, step: Any) -> None:
+        """Run a step; a dead connection marks it lost, other libvirt errors are logged."""
+        import libvirt
+
+        if self.conn is None:
+            return
+        try:
+            step()
+        except libvirt.libvirtError as exc:
+            if not self._alive():
+                self._connection_lost = True
+            else:
+                log.warning("libvirt error: %s", exc.get_error_message())
+        except RegistryError as exc:
+            log.warning("%s", exc.message())
+
+    def _alive(self) -> bool:
+        import libvirt
+
+        try:
+            return bool(self.conn is not None and self.conn.isAlive() == 1)
+        except libvirt.libvirtError:
+            return False
+
+    # --- the work -----------------------------------------------------------------
+
+    def process_pending(self) -> int:
+        """Sync every domain noted by events since the last call; return how many."""
+        done: set[str] = set()
+        while self._pending:
+            uuid = self._pending.popleft()
+            if uuid in done:
+                continue  # defined+started in one burst: one sync sees the end state
+            done.add(uuid)
+            self.sync(uuid)
+            if self._connection_lost:
+                break
+        return len(done)
+
+    def sync(self, uuid: str) -> None:
+        """Bring one domain's live metadata and registry record in line with libvirt."""
+        import libvirt
+
+        uuid = uuid.lower()
+        try:
+            domain = self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self._synced.pop(uuid, None)
+            record = self._record(uuid)
+            if record is not None and record.driver == self.driver:
+                self._forget(record)
+            return
+        if domain.ID() != -1:
+            self._sync_running(domain, uuid)
+        else:
+            self._synced.pop(uuid, None)
+            self._sync_inactive(uuid)
+
+    def reconcile(self) -> ReconcileReport:
+        """Compare the registry with libvirt's domain list; fix what differs."""
+        report = ReconcileReport()
+        # Records first, then domains: a hook writes a record only while its
+        # domain is in libvirt's list, so a record read before the listing
+        # whose domain is missing from it is really gone (the other order
+        # could catch a domain created in between).
+        try:
+            records = self.registry.list()
+        except RegistryError as exc:
+            log.warning("reconcile skipped the registry: %s", exc.message())
+            records = []
+        domains = {d.UUIDString().lower(): d for d in self.conn.listAllDomains(0)}
+        report.domains = len(domains)
+        report.records = len(records)
+        recorded = {r.uuid: r for r in records}
+        for record in records:
+            if record.driver != self.driver:
+                continue  # another driver's domain: this connection cannot see it
+            if record.uuid not in domains:
+                self.sync(record.uuid)  # looks it up once more before removing anything
+                report.removed.append(record.uuid)
+        for uuid, domain in domains.items():
+            domain_id = domain.ID()
+            if domain_id == -1:
+                self._synced.pop(uuid, None)
+                known = recorded.get(uuid)
+                if known is not None and known.state == "running":
+                    self._sync_inactive(uuid)
+                continue
+            if self._synced.get(uuid) == domain_id:
+                continue
+            self._sync_running(domain, uuid)
+            report.synced.append(uuid)
+        if report.removed:
+            log.info(
+                "reconciled %d domains with %d records: removed %d stale",
+                report.domains, report.records, len(report.removed),
+            )
+        return report
+
+    def _record(self, uuid: str) -> DomainRecord | None:
+        return self.registry.get(uuid)
+
+    def _sync_running(self, domain: Any, uuid: str) -> None:
+        import libvirt
+
+        from .domxml import parse_domain
+
+        name = domain.name()
+        label = f"domain {shown(name)} ({uuid})"
+        root = parse_domain(domain.XMLDesc(0).encode("utf-8"), label).getroot()
+        try:
+            current = metadata.find_domain_metadata(root)
+        except InvalidMetadata as exc:
+            log.warning("%s; replacing it", exc.message())
+            current = None
+        record = self._record(uuid)
+        managed = _managed_names(record, current)
+        if not managed:
+            self._synced[uuid] = domain.ID()
+            return  # not a domain of ours
+        channels = _live_channels(root, managed, label)
+        wanted = metadata.Metadata(tuple(channels), "running")
+        if current != wanted:
+            domain.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                metadata.metadata_xml(channels, "running"),
+                metadata.PREFIX, metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE,
+            )
+            log.info("%s: live metadata written (%s)", label, _describe(channels))
+        self._update_record(record, uuid, name, channels, label)
+        self._synced[uuid] = domain.ID()
+
+    def _update_record(
+        self, record: DomainRecord | None, uuid: str, name: str, channels: list[Channel],
+        label: str,
+    ) -> None:
+        from .registry import ChannelRecord, DomainRecord
+
+        live = {c.name: c for c in channels}
+        if record is None:
+            if self.driver is None:
+                return
+            new = DomainRecord(uuid, name, self.driver, "running",
+                               tuple(ChannelRecord.from_channel(c) for c in channels))
+            self.registry.put(new)
+            log.info("%s: registered %d channels from its metadata", label, len(channels))
+            return
+        if record.state == "preparing":
+            return  # the hooks are between prepare and started; they own it now
+        updated = dataclasses.replace(
+            record, name=name, state="running",
+            channels=tuple(_with_live_path(c, live.get(c.name)) for c in record.channels),
+        )
+        if updated != record:
+            self.registry.put(updated)
+            log.info("%s: registry record updated (state running, %s)", label, _describe(channels))
+
+    def _sync_inactive(self, uuid: str) -> None:
+        """A defined domain that is not running: a "running" record is out of date.
+
+        The hooks remove a record at ``release`` (before libvirt emits
+        ``stopped``), so this happens only without hooks or when libvirtd
+        died together with the domain.  Its pty paths are gone with it.
+        """
+        record = self._record(uuid)
+        if record is None or record.state != "running" or record.driver != self.driver:
+            return
+        updated = dataclasses.replace(
+            record, state="stopped",
+            channels=tuple(
+                dataclasses.replace(c, path=None) if c.connection is Connection.PTY else c
+                for c in record.channels
+            ),
+        )
+        self.registry.put(updated)
+        log.info("domain %s (%s): not running; registry record marked stopped",
+                 shown(record.name), uuid)
+
+    def _forget(self, record: DomainRecord) -> None:
+        """The domain no longer exists: remove its sockets, directories and record."""
+        removed = remove_domain_files(self.settings, record)
+        self.registry.remove(record.uuid)
+        what = f"; removed {', '.join(removed)}" if removed else ""
+        log.info("domain %s (%s) no longer exists: record removed%s",
+                 shown(record.name), record.uuid, what)
+
+
+def _managed_names(record: DomainRecord | None, current: metadata.Metadata | None) -> set[str]:
+    names: set[str] = set()
+    if record is not None:
+        names.update(c.name for c in record.channels if c.name is not None)
+    if current is not None:
+        names.update(c.name for c in current.channels if c.name is not None)
+    return names
+
+
+def _live_channels(root: etree._Element, managed: set[str], label: str) -> list[Channel]:
+    """The managed channels as the live XML has them (pty paths included), in order."""
+    from .domxml import channel_elements, channel_from_element
+
+    channels: list[Channel] = []
+    for element in channel_elements(root):
+        target = element.find("target")
+        if target is None or target.get("name") not in managed:
+            continue
+        try:
+            channels.append(channel_from_element(element))
+        except XenChannelError as exc:
+            log.warning("%s: channel left out of the metadata: %s", label, exc.message())
+    return channels
+
+
+def _with_live_path(record: ChannelRecord, live: Channel | None) -> ChannelRecord:
+    if live is None or record.connection is not Connection.PTY:
+        return record
+    return dataclasses.replace(record, path=live.path)
+
+
+def _describe(channels: Iterable[Channel]) -> str:
+    parts = [f"{c.label}={c.path or '-'}" for c in channels]
+    return ", ".join(parts) if parts else "no channels"
+
+
+def remove_domain_files(settings: Settings, record: DomainRecord) -> list[str]:
+    """Remove a gone domain's sockets and the directories we created for them.
+
+    Only below the run directory, never following a symlink: a socket is
+    unlinked only if it is a socket (lstat), a directory is removed only if
+    it is a real, empty directory.  Anything else is left and logged.
+    Returns what was removed.
+    """
+    from .paths import domain_socket_dir, is_within
+
+    rundir = settings.rundir
+    removed: list[str] = []
+    directories: list[str] = []
+    for channel in record.channels:
+        path = channel.path
+        if channel.connection is not Connection.SOCKET or not path:
+            continue
+        if not is_within(path, (rundir,), strict=True):
+            continue  # outside the run directory: never ours to delete here
+        if _unlink_socket(path):
+            removed.append(path)
+        if channel.created_dir:
+            directories.append(os.path.dirname(path))
+    directories.append(domain_socket_dir(settings, record.uuid))
+    for directory in dict.fromkeys(directories):
+        if not is_within(directory, (rundir,), strict=True):
+            continue
+        if _rmdir_plain(directory):
+            removed.append(directory)
+    return removed
+
+
+def _unlink_socket(path: str) -> bool:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(info.st_mode):
+        log.warning("left %s in place: not a socket", shown(path))
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
+def _rmdir_plain(directory: str) -> bool:
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        log.warning("left %s in place: not a directory", shown(directory))
+        return False
+    try:
+        os.rmdir(directory)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            log.warning("left %s in place: not empty", shown(directory))
+            return False
+        raise
+    return True
+
+
+def resolve_uri(uri: str | None) -> str:
+    """``--connect``, else ``$LIBVIRT_DEFAULT_URI``, else ``xen:///system``."""
+    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
+
+
+def run(args: argparse.Namespace, streams: Streams) -> int:
+    """Entry point of ``xen-channel monitor`` (see cli.py for the options)."""
+    from .errors import UsageError
+    from .registry import Registry
+    from .settings import load_settings
+
+    interval = float(args.reconcile_interval)
+    if not interval > 0:
+        raise UsageError(
+            f"--reconcile-interval must be a positive number of seconds, not {interval:g}"
+        )
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        raise LibvirtUnavailable(None, "libvirt-python is not installed") from None
+    settings = load_settings(args.rundir)
+    _quiet_libvirt_errors()
+    monitor = Monitor(resolve_uri(args.connect), settings, Registry(settings.rundir),
+                      reconcile_interval=interval)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        monitor.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    log.info("monitor starting (run directory %s, reconcile every %g s)", settings.rundir, interval)
+    try:
+        return monitor.serve()
+    finally:
+        monitor.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
