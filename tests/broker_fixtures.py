@@ -1,0 +1,204 @@
+"""Shared parts of the broker tests and bench/bench_broker.py.
+
+- :func:`write_record` / :func:`remove_record` play the libvirt hooks'
+  side of the registry (issue 3): a per-domain JSON record and a 0750
+  per-domain directory under the run directory.
+- :class:`BrokerProcess` runs the real ``xen-channel broker`` as a
+  subprocess and lets a test wait for its log lines.
+- :class:`Guest` reads and writes frames on the guest's end of a channel
+  (the pty slave that the QEMU stand-in bridges to).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xen_channel_backend.atomic import atomic_write
+from xen_channel_backend.protocol import FrameError, FrameSplitter, encode, parse_frame
+
+WAIT = 15.0  # generous deadline for conditions that normally hold in milliseconds
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def domain_dir(rundir: Path, uuid: str) -> Path:
+    return rundir / uuid
+
+
+def write_record(
+    rundir: Path, uuid: str, name: str, channels: list[str], state: str = "running"
+) -> dict[str, str]:
+    """Register ``name`` as the hooks would; return {channel name: QEMU socket path}."""
+    directory = domain_dir(rundir, uuid)
+    directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    paths = {channel: str(directory / channel) for channel in channels}
+    record = {
+        "version": 1,
+        "uuid": uuid,
+        "name": name,
+        "driver": "libxl",
+        "state": state,
+        "channels": [
+            {"name": c, "connection": "socket", "path": p, "target": "xen", "created_dir": True}
+            for c, p in paths.items()
+        ],
+    }
+    records = rundir / "registry" / "domains"
+    records.mkdir(parents=True, exist_ok=True)
+    atomic_write(records / f"{uuid}.json", json.dumps(record))
+    return paths
+
+
+def remove_record(rundir: Path, uuid: str) -> None:
+    os.unlink(rundir / "registry" / "domains" / f"{uuid}.json")
+
+
+class BrokerProcess:
+    """``python -m xen_channel_backend broker`` with its stderr in a file."""
+
+    def __init__(self, rundir: Path, log_path: Path, *extra: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xen_channel_backend", "broker", "--rundir", str(rundir),
+             "--poll-interval", "0.05", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, count: int = 1) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited ({self.proc.returncode}):\n{self.log()}")
+            return self.log().count(text) >= count
+        wait_for(seen, f"broker log line {text!r} x{count}\n--- log ---\n{self.log()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(WAIT)
+        finally:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        self._log.close()
+
+
+class FrameReader:
+    """Collect frames from a file descriptor or socket into a list, on a thread."""
+
+    def __init__(self, read: Callable[[], bytes]) -> None:
+        self._read = read
+        self.frames: list[bytes] = []
+        self.errors: list[FrameError] = []
+        self.raw = bytearray()
+        self._splitter = FrameSplitter()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data = self._read()
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.raw += data
+                for item in self._splitter.feed(data):
+                    if isinstance(item, FrameError):
+                        self.errors.append(item)
+                    else:
+                        self.frames.append(item)
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self._lock:
+            frames = list(self.frames)
+        out = []
+        for frame in frames:
+            parsed = parse_frame(frame)
+            assert not isinstance(parsed, FrameError), parsed
+            out.append(parsed)
+        return out
+
+    def wait_message(
+        self, predicate: Callable[[dict[str, Any]], bool], what: str
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((m for m in self.messages() if predicate(m)), None)
+        found: dict[str, Any] = wait_for(find, what)
+        return found
+
+
+class Consumer:
+    """A local client of the broker's consumer socket."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.reader = FrameReader(lambda: self.sock.recv(65536))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(encode(message))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Guest:
+    """The guest's /dev/hvcN: the slave end of the stand-in's pty."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reader = FrameReader(self._read)
+
+    def _read(self) -> bytes:
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0.5)
+            if ready:
+                return os.read(self.fd, 65536)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.write(encode(message))

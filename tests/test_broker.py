@@ -1,0 +1,383 @@
+"""The broker, run as the real ``xen-channel broker`` process against QEMU stand-ins.
+
+Each channel's QEMU side is tests/backend_standin.py (no hypervisor here);
+the registry records are written as the hooks write them.  Nothing here
+measures time: waits have generous deadlines and only bound a hang.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from backend_standin import BackendStandin
+from broker_fixtures import (
+    BrokerProcess,
+    Consumer,
+    Guest,
+    remove_record,
+    wait_for,
+    write_record,
+)
+
+from xen_channel_backend.broker import broker_socket_for
+from xen_channel_backend.model import MAX_SOCKET_PATH
+from xen_channel_backend.protocol import MAX_FRAME, encode
+
+UUID_A = "6c3f1b7e-0000-4000-8000-00000000000a"
+UUID_B = "6c3f1b7e-0000-4000-8000-00000000000b"
+CHANNEL = "org.example.agent.0"
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    # Not tmp_path: pytest's paths are long enough to push the socket paths
+    # past the 107-byte limit, which is not what these tests are about.
+    path = Path(tempfile.mkdtemp(prefix="xcb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(rundir: Path, tmp_path: Path) -> Iterator[BrokerProcess]:
+    process = BrokerProcess(rundir, tmp_path / "broker.log")
+    try:
+        process.wait_log("watching registry")
+        yield process
+    finally:
+        process.kill()
+
+
+class Domain:
+    """A running domain: registry record, a QEMU stand-in per channel, the guest ends."""
+
+    def __init__(self, rundir: Path, uuid: str, name: str, channels: tuple[str, ...]) -> None:
+        self.uuid = uuid
+        self.name = name
+        self.paths = write_record(rundir, uuid, name, list(channels), state="preparing")
+        self.qemu = {c: BackendStandin(p).start() for c, p in self.paths.items()}
+        self.guests = {c: Guest(q.open_guest()) for c, q in self.qemu.items()}
+        # Running only now, as the start hook records it once QEMU listens.
+        write_record(rundir, uuid, name, list(channels))
+
+    def consumer_path(self, channel: str = CHANNEL) -> str:
+        return broker_socket_for(self.paths[channel])
+
+    def guest(self, channel: str = CHANNEL) -> Guest:
+        return self.guests[channel]
+
+    def close(self) -> None:
+        for q in self.qemu.values():
+            q.close()
+
+
+@pytest.fixture
+def domains(rundir: Path) -> Iterator[dict[str, Domain]]:
+    made: dict[str, Domain] = {}
+    yield made
+    for domain in made.values():
+        domain.close()
+
+
+def start_domain(
+    rundir: Path, made: dict[str, Domain], uuid: str, name: str, *channels: str
+) -> Domain:
+    made[name] = Domain(rundir, uuid, name, channels or (CHANNEL,))
+    return made[name]
+
+
+def connected(broker: BrokerProcess, domain: Domain, channel: str = CHANNEL) -> Consumer:
+    """Wait until the broker holds QEMU's connection, then connect a consumer."""
+    label = f"domain '{domain.name}' channel '{channel}': connected to QEMU"
+    broker.wait_log(label)
+    return Consumer(domain.consumer_path(channel))
+
+
+def test_two_consumers_both_see_guest_frames_and_write_whole_frames(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    first, second = connected(broker, vm), connected(broker, vm)
+    broker.wait_log("consumer pid", count=2)
+
+    vm.guest().send({"type": "pong", "id": "guest-1"})
+    for consumer in (first, second):
+        consumer.reader.wait_message(lambda m: m.get("id") == "guest-1", "guest frame")
+
+    # Both consumers write big frames in small pieces, alternating, so the
+    # broker sees their bytes interleaved; the guest must get whole frames.
+    frames = {
+        (who, n): encode({"type": "ping", "id": f"{who}-{n}", "pad": who * 150_000})
+        for who in ("x", "y") for n in range(3)
+    }
+    pieces = {
+        consumer: [b"".join(f for (w, _), f in frames.items() if w == who)]
+        for consumer, who in ((first, "x"), (second, "y"))
+    }
+    streams = {c: memoryview(p[0]) for c, p in pieces.items()}
+    while any(streams.values()):
+        for consumer, view in streams.items():
+            consumer.sock.sendall(view[:4096])
+            streams[consumer] = view[4096:]
+
+    guest = vm.guest().reader
+    wait_for(lambda: len(guest.frames) >= len(frames), "all consumer frames at the guest")
+    assert sorted(guest.frames) == sorted(frames.values())
+    assert guest.errors == []
+    # Each consumer's own frames keep their order.
+    ids = [m["id"] for m in guest.messages()]
+    for who in ("x", "y"):
+        assert [i for i in ids if i.startswith(who)] == [f"{who}-0", f"{who}-1", f"{who}-2"]
+
+
+def test_a_consumers_partial_frame_waits_until_complete(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    slow, quick = connected(broker, vm), connected(broker, vm)
+    broker.wait_log("consumer pid", count=2)
+    frame = encode({"type": "ping", "id": "slow"})
+    slow.sock.sendall(frame[:5])
+    quick.send({"type": "ping", "id": "quick"})
+    guest = vm.guest().reader
+    guest.wait_message(lambda m: m["id"] == "quick", "the quick consumer's frame")
+    slow.sock.sendall(frame[5:])
+    guest.wait_message(lambda m: m["id"] == "slow", "the slow consumer's frame")
+    assert guest.frames == [encode({"type": "ping", "id": "quick"}), frame]
+
+
+def test_garbage_and_oversized_guest_frames_are_dropped_and_other_channels_served(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    bad = start_domain(rundir, domains, UUID_A, "vm-bad")
+    good = start_domain(rundir, domains, UUID_B, "vm-good")
+    bad_consumer, good_consumer = connected(broker, bad), connected(broker, good)
+    broker.wait_log("consumer pid", count=2)
+
+    bad.guest().write(os.urandom(4096).replace(b"\xff", b"") + b"\xffnot json\n")
+    bad.guest().write(b"\xff" + b"[1,2,3]\n" + b"\xff" + b"x" * (MAX_FRAME + 10) + b"\n")
+    bad.guest().send({"type": "pong", "id": "after-garbage"})
+    bad_consumer.reader.wait_message(lambda m: m["id"] == "after-garbage", "the good frame")
+
+    assert bad_consumer.reader.messages() == [{"type": "pong", "id": "after-garbage"}]
+    log = broker.log()
+    assert "domain 'vm-bad' channel 'org.example.agent.0': dropped a frame from the guest: " \
+        "bad-frame: invalid JSON" in log
+    assert "frame is a JSON list" in log
+    assert "frame-too-large" in log, log
+
+    good_consumer.send({"type": "ping", "id": "still-served"})
+    good.guest().reader.wait_message(lambda m: m["id"] == "still-served", "good channel ping")
+    good.guest().send({"type": "pong", "id": "still-served"})
+    good_consumer.reader.wait_message(lambda m: m["type"] == "pong", "good channel pong")
+    assert broker.alive()
+
+
+def test_garbage_from_a_consumer_is_dropped_and_not_forwarded(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    consumer = connected(broker, vm)
+    consumer.sock.sendall(b"junk\xff{not json}\n\xff" + b"y" * (MAX_FRAME + 1))
+    consumer.send({"type": "ping", "id": "fine"})
+    vm.guest().reader.wait_message(lambda m: m["id"] == "fine", "the valid frame")
+    assert vm.guest().reader.frames == [encode({"type": "ping", "id": "fine"})]
+    broker.wait_log("dropped a frame from consumer pid")
+    assert "frame-too-large" in broker.log()
+
+
+def test_broker_reconnects_when_qemu_goes_away_and_comes_back(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    consumer = connected(broker, vm)
+    qemu = vm.qemu[CHANNEL]
+
+    qemu.stop()
+    broker.wait_log("lost QEMU socket")
+    qemu.start()
+    broker.wait_log("connected to QEMU socket", count=2)
+
+    # The consumer kept its connection to the broker and is served again.
+    vm.guest().send({"type": "pong", "id": "back"})
+    consumer.reader.wait_message(lambda m: m["id"] == "back", "a frame after the reconnect")
+    consumer.send({"type": "ping", "id": "to-guest"})
+    vm.guest().reader.wait_message(lambda m: m["id"] == "to-guest", "a frame to the guest")
+    assert qemu.connections == 2
+
+
+def test_consumer_socket_follows_the_domain_in_the_registry(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a", CHANNEL, "org.example.other")
+    for channel in vm.paths:
+        wait_for(lambda c=channel: os.path.exists(vm.consumer_path(c)), "consumer sockets")
+    remove_record(rundir, UUID_A)
+    for channel in vm.paths:
+        wait_for(lambda c=channel: not os.path.exists(vm.consumer_path(c)), "sockets removed")
+    broker.wait_log("stopped serving (domain is no longer running)", count=2)
+    # The broker never touches QEMU's own sockets.
+    assert all(stat.S_ISSOCK(os.lstat(p).st_mode) for p in vm.paths.values())
+
+
+def test_domains_that_are_not_running_or_libvirt_owned_are_not_served(
+    rundir: Path, broker: BrokerProcess
+) -> None:
+    paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL], state="preparing")
+    agent = write_record(rundir, UUID_B, "vm-b", ["org.qemu.guest_agent.0"])
+    write_record(rundir, "6c3f1b7e-0000-4000-8000-00000000000c", "vm-c", [CHANNEL])
+    broker.wait_log("domain 'vm-c' channel 'org.example.agent.0': serving consumers")
+    assert not os.path.exists(broker_socket_for(paths[CHANNEL]))
+    assert not os.path.exists(broker_socket_for(agent["org.qemu.guest_agent.0"]))
+
+
+def test_a_consumer_of_one_domain_cannot_reach_another(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    a = start_domain(rundir, domains, UUID_A, "vm-a")
+    b = start_domain(rundir, domains, UUID_B, "vm-b")
+    consumer_a, consumer_b = connected(broker, a), connected(broker, b)
+    broker.wait_log("consumer pid", count=2)
+
+    consumer_a.send({"type": "ping", "id": "from-a"})
+    a.guest().send({"type": "pong", "id": "guest-a"})
+    a.guest().reader.wait_message(lambda m: m["id"] == "from-a", "A's frame at guest A")
+    consumer_a.reader.wait_message(lambda m: m["id"] == "guest-a", "guest A's frame at A")
+    # Markers sent afterwards through B: if anything of A's had leaked to
+    # B, it would have arrived before them on the same byte streams.
+    consumer_b.send({"type": "ping", "id": "marker-b"})
+    b.guest().send({"type": "pong", "id": "marker-b"})
+    b.guest().reader.wait_message(lambda m: m["id"] == "marker-b", "B's marker at guest B")
+    consumer_b.reader.wait_message(lambda m: m["id"] == "marker-b", "guest B's marker")
+    assert [m["id"] for m in b.guest().reader.messages()] == ["marker-b"]
+    assert [m["id"] for m in consumer_b.reader.messages()] == ["marker-b"]
+    assert a.consumer_path() != b.consumer_path()
+
+
+def _other_group() -> grp.struct_group:
+    return next(g for g in grp.getgrall() if g.gr_gid != 0)
+
+
+def test_consumer_socket_is_0660_with_the_configured_group_and_denies_others(
+    rundir: Path, tmp_path: Path, domains: dict[str, Domain]
+) -> None:
+    group = _other_group()
+    process = BrokerProcess(rundir, tmp_path / "broker.log", "--group", group.gr_name)
+    try:
+        vm = start_domain(rundir, domains, UUID_A, "vm-a")
+        path = vm.consumer_path()
+        process.wait_log("serving consumers")
+        st = os.lstat(path)
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert (st.st_uid, st.st_gid) == (0, group.gr_gid)
+
+        # A process outside the group (nobody) is refused by the kernel.
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 3
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(path)
+                    code = 0
+                except PermissionError:
+                    code = 13
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 13
+    finally:
+        assert process.stop() == 0
+
+
+def test_symlink_or_file_in_the_way_is_left_alone(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain], tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL, "org.example.file"], "preparing")
+    os.symlink(victim, broker_socket_for(paths[CHANNEL]))
+    Path(broker_socket_for(paths["org.example.file"])).write_text("not ours")
+    write_record(rundir, UUID_A, "vm-a", [CHANNEL, "org.example.file"])
+    broker.wait_log("is not a socket; left alone", count=2)
+    assert os.path.islink(broker_socket_for(paths[CHANNEL]))
+    assert victim.read_text() == "precious"
+    assert Path(broker_socket_for(paths["org.example.file"])).read_text() == "not ours"
+
+
+def test_sigterm_removes_consumer_sockets_and_exits_zero(
+    rundir: Path, tmp_path: Path, domains: dict[str, Domain]
+) -> None:
+    process = BrokerProcess(rundir, tmp_path / "broker.log")
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    connected(process, vm)
+    assert process.stop(signal.SIGTERM) == 0
+    assert not os.path.exists(vm.consumer_path())
+    assert os.path.exists(vm.paths[CHANNEL])
+    assert "stopping (SIGTERM received)" in process.log()
+
+
+def test_broker_killed_and_restarted_replaces_stale_sockets_and_serves_again(
+    rundir: Path, tmp_path: Path, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    first = BrokerProcess(rundir, tmp_path / "first.log")
+    old = connected(first, vm)
+    first.kill()  # SIGKILL: nothing cleaned up
+    assert stat.S_ISSOCK(os.lstat(vm.consumer_path()).st_mode)
+    wait_for(lambda: old.sock.recv(1) == b"", "the killed broker's consumer to see EOF")
+    old.close()
+
+    second = BrokerProcess(rundir, tmp_path / "second.log")
+    try:
+        second.wait_log("replacing stale consumer socket")
+        consumer = connected(second, vm)
+        consumer.send({"type": "ping", "id": "after-restart"})
+        vm.guest().reader.wait_message(lambda m: m["id"] == "after-restart", "ping")
+        vm.guest().send({"type": "pong", "id": "after-restart"})
+        consumer.reader.wait_message(lambda m: m["type"] == "pong", "pong")
+    finally:
+        assert second.stop() == 0
+
+
+def test_a_second_broker_does_not_steal_a_live_socket(
+    rundir: Path, broker: BrokerProcess, tmp_path: Path, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    broker.wait_log("serving consumers")
+    intruder = BrokerProcess(rundir, tmp_path / "intruder.log")
+    try:
+        intruder.wait_log("is in use by another process")
+    finally:
+        intruder.stop()
+    # The intruder left the first broker's socket alone.
+    connected(broker, vm).send({"type": "ping", "id": "first"})
+    vm.guest().reader.wait_message(lambda m: m["id"] == "first", "ping via the first broker")
+
+
+def test_consumer_socket_names_fit_and_never_collide_with_channel_names() -> None:
+    short = "/run/xen-channel/6c3f1b7e-0000-4000-8000-00000000000a/org.example.agent.0"
+    assert broker_socket_for(short) == short + "@broker"
+    long_dir = "/" + "d" * 60
+    for name in ("n" * 40, "n" * 45, "x"):
+        qemu = f"{long_dir}/{name}"
+        path = broker_socket_for(qemu)
+        assert len(path.encode()) <= MAX_SOCKET_PATH
+        assert os.path.dirname(path) == long_dir
+        assert "@" in os.path.basename(path)  # '@' is outside the channel-name alphabet
+    first, second = (broker_socket_for(f"{long_dir}/{c * 45}") for c in "ab")
+    assert first != second

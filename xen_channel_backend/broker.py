@@ -1,0 +1,845 @@
+"""``xen-channel broker``: share each channel's one QEMU connection among local consumers.
+
+QEMU serves a channel's ``server,nowait`` socket to one client at a time
+(FACTS §2), so a debugging client or a monitoring probe that connects first
+locks the real agent out (FACTS §5, "known pain").  The broker is that one
+client for every running socket channel in the registry, and serves any
+number of local consumers on a second socket beside QEMU's
+(:func:`broker_socket_for`):
+
+- guest-to-host frames go to every consumer of that channel;
+- consumer-to-guest frames are cut by :class:`~.protocol.FrameSplitter`
+  per consumer and queued whole, so two consumers' frames never
+  interleave and a consumer's partial frame waits until it is complete;
+- oversized and garbage frames from either side are dropped with one log
+  line, and every other channel keeps being served;
+- a consumer socket belongs to exactly one channel: nothing a consumer
+  sends can reach another channel or another domain.
+
+One thread runs one :mod:`selectors` loop.  Not asyncio: the broker needs
+non-blocking sockets, a few timers and explicit control over buffers
+(backpressure, dropping a slow consumer), which selectors gives without an
+extra layer per byte on the bulk path (bench/bench_broker.py), and the
+whole state machine stays visible in this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import grp
+import hashlib
+import json
+import logging
+import os
+import secrets
+import selectors
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+from .errors import InvalidSocketPath, UsageError, shown
+from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
+from .protocol import MAX_FRAME, FrameError, FrameSplitter, parse_frame
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .console import Streams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNDIR: Final = "/run/xen-channel"
+
+#: '@' cannot occur in a channel name (model.NAME_RULE), so a broker socket
+#: never collides with a socket that allocation derived from a channel name.
+BROKER_SUFFIX: Final = "@broker"
+_HASHED_PREFIX: Final = "@"
+_HASH_HEX: Final = 12
+
+#: libvirt itself connects to this channel (its qemu-ga client); holding its
+#: one connection would lock libvirt out, and it does not speak our protocol.
+LIBVIRT_OWNED_CHANNELS: Final = frozenset({"org.qemu.guest_agent.0"})
+
+_READ_SIZE: Final = 256 * 1024
+#: Queued guest frames a consumer may fall behind by before it is dropped,
+#: so one stuck consumer can neither stall the guest nor the other consumers.
+CONSUMER_BACKLOG_LIMIT: Final = 4 * MAX_FRAME
+#: Above this many bytes queued for QEMU, stop reading consumers of that
+#: channel (backpressure) until the guest has drained it to the low mark.
+UPSTREAM_HIGH_WATER: Final = 2 * MAX_FRAME
+UPSTREAM_LOW_WATER: Final = MAX_FRAME // 4
+
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 2.0
+#: A connection that lasted this long counts as healthy: the next retry
+#: starts again from BACKOFF_FIRST.
+_HEALTHY_AFTER: Final = 1.0
+
+
+# --- naming ---------------------------------------------------------------
+
+
+def broker_socket_for(qemu_socket_path: str) -> str:
+    """Where the broker serves consumers of the channel whose QEMU socket is given.
+
+    The consumer socket is a sibling of QEMU's, so it lives in the same
+    per-domain directory (mode 0750, root and the configured group) and
+    disappears with it.  Normally it is ``<path>@broker``.  When that
+    would pass the 107-byte sun_path limit, the sibling is
+    ``@<12 hex digits of sha256(basename)>``, which fits whenever the
+    directory leaves room for 13 bytes plus the temporary name used while
+    binding; allocated paths (rundir/UUID/name) always do.
+    """
+    validate_path(qemu_socket_path)
+    direct = qemu_socket_path + BROKER_SUFFIX
+    if len(direct.encode("utf-8", "surrogateescape")) <= MAX_SOCKET_PATH:
+        return direct
+    directory, base = os.path.split(qemu_socket_path)
+    digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()
+    short = os.path.join(directory, _HASHED_PREFIX + digest[:_HASH_HEX])
+    if len(short.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+        raise InvalidSocketPath(
+            None, qemu_socket_path, "leaves no room for a broker socket beside it"
+        )
+    return short
+
+
+def _temporary_sibling(path: str) -> str:
+    # Same length as the hashed form, so whatever fits for it fits here.
+    name = _HASHED_PREFIX + secrets.token_hex(_HASH_HEX // 2 - 2) + ".tmp"
+    return os.path.join(os.path.dirname(path), name)
+
+
+# --- registry adapter -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSpec:
+    """One running socket channel, as the registry records it."""
+
+    domain_uuid: str
+    domain_name: str
+    channel: str
+    path: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.domain_uuid, self.channel)
+
+    @property
+    def label(self) -> str:
+        return f"domain {shown(self.domain_name)} channel {shown(self.channel)}"
+
+
+def read_running_channels(rundir: str) -> dict[tuple[str, str], ChannelSpec]:
+    """Every brokerable channel of every running domain in the registry.
+
+    The one place that reads registry records (issue 3): a record is a
+    JSON object with ``uuid``, ``name``, ``state`` and ``channels``
+    (``name``, ``connection``, ``path``, ``target``).  Records are
+    untrusted input here: bad ones are logged and skipped, never fatal.
+    """
+    specs: dict[tuple[str, str], ChannelSpec] = {}
+    for record_path in _record_files(rundir):
+        try:
+            with open(record_path, "rb") as handle:
+                record = json.loads(handle.read(4 * 1024 * 1024))
+        except FileNotFoundError:
+            continue  # the domain was released while we listed
+        except (OSError, ValueError) as exc:
+            log.warning("broker: skipping registry record %s: %s", shown(record_path), exc)
+            continue
+        for spec in _specs_of(record, record_path):
+            specs[spec.key] = spec
+    return specs
+
+
+def records_dir(rundir: str) -> str:
+    """Where registry.py keeps one ``<uuid>.json`` per domain."""
+    return os.path.join(rundir, "registry", "domains")
+
+
+def _record_files(rundir: str) -> list[str]:
+    try:
+        entries = list(os.scandir(records_dir(rundir)))
+    except FileNotFoundError:
+        return []
+    # atomic_write's temporary files start with '.'; they are never records.
+    return sorted(
+        e.path for e in entries
+        if e.name.endswith(".json") and not e.name.startswith(".")
+        and e.is_file(follow_symlinks=False)
+    )
+
+
+def _specs_of(record: Any, origin: str) -> Iterable[ChannelSpec]:
+    if not isinstance(record, dict) or record.get("state") != "running":
+        return
+    uuid, name, channels = record.get("uuid"), record.get("name"), record.get("channels")
+    if not isinstance(uuid, str) or not isinstance(channels, list):
+        log.warning("broker: registry record %s has no uuid/channels; skipped", shown(origin))
+        return
+    domain_name = name if isinstance(name, str) else uuid
+    for entry in channels:
+        if not isinstance(entry, dict) or entry.get("connection") != Connection.SOCKET:
+            continue
+        channel, path = entry.get("name"), entry.get("path")
+        if not isinstance(channel, str) or not isinstance(path, str):
+            continue
+        if channel in LIBVIRT_OWNED_CHANNELS:
+            continue
+        try:
+            validate_name(channel)
+            validate_path(path, channel)
+        except InvalidSocketPath as exc:
+            log.warning("broker: domain %s: %s; skipped", shown(domain_name), exc.message())
+            continue
+        except Exception as exc:  # InvalidChannelName and friends
+            log.warning("broker: domain %s: %s; skipped", shown(domain_name), exc)
+            continue
+        yield ChannelSpec(uuid, domain_name, channel, path)
+
+
+_FRESH_NS: Final = 100_000_000
+
+
+class RegistryWatcher:
+    """Tell when the registry may have changed, cheaply, by polling.
+
+    inotify is not in the standard library, and a ctypes binding is more
+    code to get wrong than a once-a-second ``stat``.  Records are replaced
+    by rename (atomic_write), which always changes the directory's
+    mtime, so one stat per poll notices every start and stop; the broker
+    re-reads records only then.  A second of delay is harmless: QEMU has
+    just created the socket and the guest agent is still booting.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._seen: tuple[int, int, int] | None = None
+
+    def changed(self) -> bool:
+        try:
+            st = os.stat(self.directory)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        except FileNotFoundError:
+            stamp = (0, 0, 0)
+        # The kernel stamps mtime from a coarse clock (one tick, 1-10 ms), so a
+        # second rename within the tick of our last stat leaves the same
+        # mtime; while the stamp is that fresh, look again on the next poll.
+        fresh = time.time_ns() - stamp[1] < _FRESH_NS
+        if stamp == self._seen and not fresh:
+            return False
+        self._seen = stamp
+        return True
+
+
+# --- the event loop -------------------------------------------------------
+
+_Callback = Callable[[int], None]
+
+
+class _Consumer:
+    """One local client of one channel."""
+
+    def __init__(self, sock: socket.socket, link: _Link, peer: str) -> None:
+        self.sock = sock
+        self.link = link
+        self.peer = peer
+        self.splitter = FrameSplitter()
+        self.outgoing = bytearray()
+        self.events = 0
+
+
+class _Link:
+    """One channel: the QEMU connection, the consumer listener, the consumers."""
+
+    def __init__(self, spec: ChannelSpec) -> None:
+        self.spec = spec
+        self.consumer_path = broker_socket_for(spec.path)
+        self.listener: socket.socket | None = None
+        self.listener_id: tuple[int, int] | None = None
+        self.listener_problem: str | None = None
+        self.upstream: socket.socket | None = None
+        self.upstream_connecting = False
+        self.upstream_since = 0.0
+        self.upstream_events = 0
+        self.upstream_splitter = FrameSplitter()
+        self.upstream_outgoing = bytearray()
+        self.connect_problem: str | None = None
+        self.backoff = 0.0
+        self.next_attempt = 0.0
+        self.consumers: list[_Consumer] = []
+        self.reading_consumers = True
+
+
+class Broker:
+    """The daemon's state and loop; :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        rundir: str,
+        gid: int | None = None,
+        poll_interval: float = 1.0,
+        *,
+        backoff_max: float = BACKOFF_MAX,
+    ) -> None:
+        self.rundir = rundir
+        self.gid = gid
+        self.poll_interval = poll_interval
+        self.backoff_max = backoff_max
+        self.watcher = RegistryWatcher(records_dir(rundir))
+        self.links: dict[tuple[str, str], _Link] = {}
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+        self._stop_reason = ""
+        self._rescan = False
+        self._next_poll = 0.0
+
+    # -- control (safe from signal handlers and other threads)
+
+    def stop(self, reason: str = "asked to stop") -> None:
+        self._stopping = True
+        self._stop_reason = reason
+        self._wake()
+
+    def rescan(self) -> None:
+        self._rescan = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # -- main loop
+
+    def run(self) -> int:
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        log.info("broker: watching registry %s", shown(self.rundir))
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if self._rescan or now >= self._next_poll:
+                    force, self._rescan = self._rescan, False
+                    self._next_poll = now + self.poll_interval
+                    self._poll_registry(force)
+                self._attempt_connections(now)
+                for ready, mask in self.selector.select(self._timeout()):
+                    callback: _Callback = ready.data
+                    callback(mask)
+            log.info("broker: stopping (%s)", self._stop_reason)
+        finally:
+            for key in list(self.links):
+                self._remove_link(key, "broker stopping")
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+        log.info("broker: stopped")
+        return 0
+
+    def _timeout(self) -> float:
+        deadline = self._next_poll
+        for link in self.links.values():
+            if link.upstream is None and link.listener is not None:
+                deadline = min(deadline, link.next_attempt)
+        return max(0.0, deadline - time.monotonic())
+
+    def _on_wake(self, _mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    # -- registry
+
+    def _poll_registry(self, force: bool) -> None:
+        if self.watcher.changed() or force:
+            self._follow(read_running_channels(self.rundir))
+        # A consumer socket that could not be created (its directory not
+        # there yet, a live socket in the way) is retried on every poll.
+        for link in self.links.values():
+            if link.listener is None:
+                self._open_listener(link)
+
+    def _follow(self, wanted: dict[tuple[str, str], ChannelSpec]) -> None:
+        for key, link in list(self.links.items()):
+            spec = wanted.get(key)
+            if spec is None:
+                self._remove_link(key, "domain is no longer running")
+            elif spec.path != link.spec.path:
+                self._remove_link(key, "its socket path changed")
+        for key, spec in wanted.items():
+            if key not in self.links:
+                self._add_link(spec)
+
+    def _add_link(self, spec: ChannelSpec) -> None:
+        try:
+            link = _Link(spec)
+        except InvalidSocketPath as exc:
+            log.warning("broker: %s: %s; not served", spec.label, exc.message())
+            return
+        paths = {other.consumer_path: other for other in self.links.values()}
+        clash = paths.get(link.consumer_path)
+        if clash is not None:
+            log.warning(
+                "broker: %s: consumer socket %s is already %s's; not served",
+                spec.label, shown(link.consumer_path), clash.spec.label,
+            )
+            return
+        self.links[spec.key] = link
+        log.info("broker: %s: following QEMU socket %s", spec.label, shown(spec.path))
+
+    def _remove_link(self, key: tuple[str, str], why: str) -> None:
+        link = self.links.pop(key)
+        for consumer in list(link.consumers):
+            self._drop_consumer(consumer, None)
+        self._close_upstream(link)
+        if link.listener is not None:
+            self.selector.unregister(link.listener)
+            link.listener.close()
+            link.listener = None
+            self._unlink_own_socket(link)
+        log.info("broker: %s: stopped serving (%s)", link.spec.label, why)
+
+    # -- consumer listener
+
+    def _open_listener(self, link: _Link) -> None:
+        try:
+            listener, identity = _create_consumer_socket(link.consumer_path, self.gid)
+        except (OSError, _UnsafeSocketPath) as exc:
+            problem = str(exc) if isinstance(exc, _UnsafeSocketPath) else _describe(exc)
+            if problem != link.listener_problem:
+                log.warning(
+                    "broker: %s: cannot serve consumers at %s: %s",
+                    link.spec.label, shown(link.consumer_path), problem,
+                )
+                link.listener_problem = problem
+            return
+        link.listener, link.listener_id, link.listener_problem = listener, identity, None
+        self.selector.register(
+            listener, selectors.EVENT_READ, lambda _m, link=link: self._on_accept(link)
+        )
+        log.info("broker: %s: serving consumers at %s", link.spec.label, shown(link.consumer_path))
+        link.next_attempt = 0.0
+
+    def _unlink_own_socket(self, link: _Link) -> None:
+        # Remove the path only while it is still the socket we bound: an
+        # admin or a new broker may have replaced it since.
+        try:
+            st = os.lstat(link.consumer_path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == link.listener_id:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link.consumer_path)
+
+    def _on_accept(self, link: _Link) -> None:
+        assert link.listener is not None
+        while True:
+            try:
+                sock, _addr = link.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: keep serving the rest
+                log.warning("broker: %s: accept failed: %s", link.spec.label, _describe(exc))
+                return
+            sock.setblocking(False)
+            consumer = _Consumer(sock, link, _peer_of(sock))
+            link.consumers.append(consumer)
+            self._set_consumer_events(consumer)
+            log.info("broker: %s: consumer %s connected", link.spec.label, consumer.peer)
+
+    # -- consumers
+
+    def _set_consumer_events(self, consumer: _Consumer) -> None:
+        events = selectors.EVENT_READ if consumer.link.reading_consumers else 0
+        if consumer.outgoing:
+            events |= selectors.EVENT_WRITE
+        if events == consumer.events:
+            return
+        if consumer.events == 0:
+            self.selector.register(
+                consumer.sock, events, lambda m, c=consumer: self._on_consumer(c, m)
+            )
+        elif events == 0:
+            self.selector.unregister(consumer.sock)
+        else:
+            self.selector.modify(
+                consumer.sock, events, lambda m, c=consumer: self._on_consumer(c, m)
+            )
+        consumer.events = events
+
+    def _on_consumer(self, consumer: _Consumer, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and not self._flush_consumer(consumer):
+            return
+        if mask & selectors.EVENT_READ and consumer.link.reading_consumers:
+            self._read_consumer(consumer)
+
+    def _read_consumer(self, consumer: _Consumer) -> None:
+        link = consumer.link
+        try:
+            data = consumer.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop_consumer(consumer, _describe(exc))
+            return
+        if not data:
+            if consumer.splitter.pending:
+                log.warning(
+                    "broker: %s: consumer %s left mid-frame; %d bytes dropped",
+                    link.spec.label, consumer.peer, consumer.splitter.pending,
+                )
+            self._drop_consumer(consumer, "disconnected")
+            return
+        for item in consumer.splitter.feed(data):
+            frame = _checked(item)
+            if isinstance(frame, str):
+                log.warning(
+                    "broker: %s: dropped a frame from consumer %s: %s",
+                    link.spec.label, consumer.peer, frame,
+                )
+            elif link.upstream is None or link.upstream_connecting:
+                log.warning(
+                    "broker: %s: dropped a frame from consumer %s: not connected to QEMU",
+                    link.spec.label, consumer.peer,
+                )
+            else:
+                link.upstream_outgoing += frame
+        if link.upstream_outgoing:
+            self._flush_upstream(link)
+
+    def _flush_consumer(self, consumer: _Consumer) -> bool:
+        try:
+            sent = consumer.sock.send(consumer.outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._drop_consumer(consumer, _describe(exc))
+            return False
+        del consumer.outgoing[:sent]
+        self._set_consumer_events(consumer)
+        return True
+
+    def _drop_consumer(self, consumer: _Consumer, why: str | None) -> None:
+        link = consumer.link
+        if consumer in link.consumers:
+            link.consumers.remove(consumer)
+        if consumer.events:
+            self.selector.unregister(consumer.sock)
+            consumer.events = 0
+        consumer.sock.close()
+        if why is not None:
+            log.info("broker: %s: consumer %s %s", link.spec.label, consumer.peer, why)
+
+    def _set_reading_consumers(self, link: _Link, reading: bool) -> None:
+        if link.reading_consumers == reading:
+            return
+        link.reading_consumers = reading
+        for consumer in link.consumers:
+            self._set_consumer_events(consumer)
+
+    # -- the QEMU side
+
+    def _attempt_connections(self, now: float) -> None:
+        for link in self.links.values():
+            if link.upstream is None and link.listener is not None and now >= link.next_attempt:
+                self._connect_upstream(link, now)
+
+    def _connect_upstream(self, link: _Link, now: float) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        code = sock.connect_ex(link.spec.path)
+        if code in (errno.EINPROGRESS, errno.EAGAIN):
+            # A full listen backlog: wait for the socket to become writable.
+            link.upstream, link.upstream_connecting = sock, True
+            self._set_upstream_events(link, selectors.EVENT_WRITE)
+            return
+        if code != 0:
+            sock.close()
+            self._connect_failed(link, now, os.strerror(code))
+            return
+        link.upstream = sock
+        self._upstream_ready(link, now)
+
+    def _connect_failed(self, link: _Link, now: float, problem: str) -> None:
+        link.backoff = min(self.backoff_max, link.backoff * 2) if link.backoff else BACKOFF_FIRST
+        link.next_attempt = now + link.backoff
+        if problem != link.connect_problem:
+            log.warning(
+                "broker: %s: cannot connect to QEMU socket %s: %s; retrying every %gs at most",
+                link.spec.label, shown(link.spec.path), problem, self.backoff_max,
+            )
+            link.connect_problem = problem
+
+    def _upstream_ready(self, link: _Link, now: float) -> None:
+        link.upstream_connecting = False
+        link.upstream_since = now
+        link.connect_problem = None
+        link.upstream_splitter.reset()
+        self._set_upstream_events(link, selectors.EVENT_READ)
+        log.info("broker: %s: connected to QEMU socket %s", link.spec.label, shown(link.spec.path))
+
+    def _set_upstream_events(self, link: _Link, events: int) -> None:
+        assert link.upstream is not None
+        if events == link.upstream_events:
+            return
+        if link.upstream_events == 0:
+            self.selector.register(link.upstream, events, lambda m: self._on_upstream(link, m))
+        else:
+            self.selector.modify(link.upstream, events, lambda m: self._on_upstream(link, m))
+        link.upstream_events = events
+
+    def _on_upstream(self, link: _Link, mask: int) -> None:
+        assert link.upstream is not None
+        now = time.monotonic()
+        if link.upstream_connecting:
+            code = link.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self._close_upstream(link)
+                self._connect_failed(link, now, os.strerror(code))
+            else:
+                self._upstream_ready(link, now)
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush_upstream(link)
+            if link.upstream is None:
+                return
+        if mask & selectors.EVENT_READ:
+            self._read_upstream(link, now)
+
+    def _read_upstream(self, link: _Link, now: float) -> None:
+        assert link.upstream is not None
+        try:
+            data = link.upstream.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._upstream_lost(link, now, _describe(exc))
+            return
+        if not data:
+            self._upstream_lost(link, now, "QEMU closed the connection")
+            return
+        for item in link.upstream_splitter.feed(data):
+            frame = _checked(item)
+            if isinstance(frame, str):
+                log.warning(
+                    "broker: %s: dropped a frame from the guest: %s", link.spec.label, frame
+                )
+                continue
+            for consumer in list(link.consumers):
+                if len(consumer.outgoing) + len(frame) > CONSUMER_BACKLOG_LIMIT:
+                    self._drop_consumer(
+                        consumer, f"dropped: over {CONSUMER_BACKLOG_LIMIT} bytes behind the guest"
+                    )
+                    continue
+                consumer.outgoing += frame
+        for consumer in list(link.consumers):
+            if consumer.outgoing:
+                self._flush_consumer(consumer)
+
+    def _flush_upstream(self, link: _Link) -> None:
+        assert link.upstream is not None
+        try:
+            sent = link.upstream.send(link.upstream_outgoing)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._upstream_lost(link, time.monotonic(), _describe(exc))
+            return
+        del link.upstream_outgoing[:sent]
+        pending = len(link.upstream_outgoing)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0)
+        self._set_upstream_events(link, events)
+        if pending > UPSTREAM_HIGH_WATER:
+            self._set_reading_consumers(link, False)
+        elif pending <= UPSTREAM_LOW_WATER:
+            self._set_reading_consumers(link, True)
+
+    def _upstream_lost(self, link: _Link, now: float, why: str) -> None:
+        lived = now - link.upstream_since
+        self._close_upstream(link)
+        if lived >= _HEALTHY_AFTER:
+            link.backoff = 0.0
+        link.backoff = min(self.backoff_max, link.backoff * 2) if link.backoff else BACKOFF_FIRST
+        link.next_attempt = now + link.backoff
+        log.warning(
+            "broker: %s: lost QEMU socket (%s); reconnecting in %.1fs",
+            link.spec.label, why, link.backoff,
+        )
+
+    def _close_upstream(self, link: _Link) -> None:
+        if link.upstream is None:
+            return
+        if link.upstream_events:
+            self.selector.unregister(link.upstream)
+            link.upstream_events = 0
+        link.upstream.close()
+        link.upstream = None
+        link.upstream_connecting = False
+        if link.upstream_outgoing:
+            log.warning(
+                "broker: %s: %d bytes for the guest discarded with the connection",
+                link.spec.label, len(link.upstream_outgoing),
+            )
+            link.upstream_outgoing.clear()
+        link.upstream_splitter.reset()
+        self._set_reading_consumers(link, True)
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+class _UnsafeSocketPath(Exception):
+    """Something other than our own stale socket is in the way."""
+
+
+def _checked(item: bytes | FrameError) -> bytes | str:
+    """A frame fit to forward, or why it is not (a reason string)."""
+    if isinstance(item, FrameError):
+        return f"{item.code}: {item.detail}"
+    parsed = parse_frame(item)
+    if isinstance(parsed, FrameError):
+        return f"{parsed.code}: {parsed.detail}"
+    return item
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "(unknown peer)"
+    pid, uid, gid = struct.unpack("3i", creds)
+    return f"pid {pid} uid {uid} gid {gid}"
+
+
+def _check_directory(directory: str) -> None:
+    """Refuse a directory where someone else could swap files under us."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        raise _UnsafeSocketPath(f"directory {shown(directory)} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise _UnsafeSocketPath(f"{shown(directory)} is not a directory (or is a symlink)")
+    if st.st_uid not in (0, os.geteuid()):
+        raise _UnsafeSocketPath(f"directory {shown(directory)} is owned by uid {st.st_uid}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _UnsafeSocketPath(f"directory {shown(directory)} is writable by group or others")
+
+
+def _check_stale(path: str) -> None:
+    """Allow binding at ``path`` only if it is free or holds a dead socket.
+
+    Never follows a symlink (lstat), never touches a regular file or a
+    directory, and never steals a socket somebody still listens on (a
+    second broker): a connect that is refused proves the socket is stale.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise _UnsafeSocketPath(f"{shown(path)} exists and is not a socket; left alone")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        code = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if code == 0:
+        raise _UnsafeSocketPath(f"{shown(path)} is in use by another process (another broker?)")
+    if code != errno.ECONNREFUSED:
+        raise _UnsafeSocketPath(f"{shown(path)} cannot be probed: {os.strerror(code)}")
+    log.info("broker: replacing stale consumer socket %s", shown(path))
+
+
+def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, tuple[int, int]]:
+    """Bind, restrict and publish a listening socket at ``path``.
+
+    It is bound under a temporary name, given mode 0660 and its group, set
+    listening, and only then renamed into place: nobody can connect while
+    the permissions are still the umask's, and a stale socket is replaced
+    atomically rather than unlinked first.
+    """
+    directory = os.path.dirname(path)
+    _check_directory(directory)
+    _check_stale(path)
+    group = os.lstat(directory).st_gid if gid is None else gid
+    temporary = _temporary_sibling(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    try:
+        sock.bind(temporary)
+        try:
+            os.chown(temporary, -1, group, follow_symlinks=False)
+            os.chmod(temporary, 0o660)  # a fresh socket in a directory only we may write
+            sock.listen(64)
+            _check_stale(path)
+            os.rename(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        st = os.lstat(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, (st.st_dev, st.st_ino)
+
+
+def resolve_group(group: str | None) -> int | None:
+    """The gid for ``--group`` (a name or a number), or None for the directory's."""
+    if group is None:
+        return None
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"--group: no such group {shown(group)}") from None
+
+
+def resolve_rundir(rundir: str | None) -> str:
+    """``--rundir``, else $XEN_CHANNEL_RUNDIR, else the default."""
+    chosen = rundir or os.environ.get("XEN_CHANNEL_RUNDIR") or DEFAULT_RUNDIR
+    return os.path.abspath(chosen)
+
+
+def run_broker(args: argparse.Namespace, streams: Streams) -> int:
+    """``xen-channel broker``: run until SIGTERM/SIGINT; SIGHUP re-reads the registry."""
+    del streams  # the daemon logs through logging, configured by cli.main
+    if args.poll_interval <= 0:
+        raise UsageError("--poll-interval must be positive")
+    broker = Broker(resolve_rundir(args.rundir), resolve_group(args.group), args.poll_interval)
+    if threading.current_thread() is not threading.main_thread():
+        return broker.run()  # signals can only be handled in the main thread
+
+    # Handlers only set flags: logging from inside a signal handler could
+    # interleave with a line being written.
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        broker.stop(f"{signal.Signals(signum).name} received")
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        broker.rescan()
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
+    }
+    try:
+        return broker.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
