@@ -296,10 +296,9 @@ class PathConflict(XenChannelError):
         def who(name: str | None, uuid: str) -> str:
             return f"domain {shown(name)} ({uuid})" if name else f"domain {uuid}"
 
-        return (
-            f"socket path {shown(self.path)} wanted by {who(self.claimant_name, self.claimant_uuid)}"
-            f" is already claimed by {who(self.owner_name, self.owner_uuid)}"
-        )
+        claimant = who(self.claimant_name, self.claimant_uuid)
+        owner = who(self.owner_name, self.owner_uuid)
+        return f"socket path {shown(self.path)} wanted by {claimant} is already claimed by {owner}"
 
 
 class RegistryError(XenChannelError):
@@ -322,4 +321,18 @@ class UnknownDomain(XenChannelError):
         self.domain = domain
 
     def message(self) -> str:
-        return f"no registered domain {shown(self.domain)} (is it running with the hooks installed?)"
+        return (
+            f"no registered domain {shown(self.domain)} "
+            "(is it running with the hooks installed?)"
+        )
+
+
+class InvalidUUID(XenChannelError):
+    """A domain UUID that is not 32 hex digits (dashes in the usual places allowed)."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def message(self) -> str:
+        return f"domain UUID {shown(self.value)} is not a UUID (32 hex digits)"

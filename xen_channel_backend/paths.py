@@ -1,0 +1,204 @@
+"""The socket path policy: where a domain's channel sockets live.
+
+Formula (``R`` = the run directory, ``U`` = the domain UUID in canonical
+lower-case 8-4-4-4-12 form, ``N`` = the channel's target name)::
+
+    domain_socket_dir = R + "/" + U
+    socket_path       = domain_socket_dir + "/" + leaf(N)
+    budget            = 107 - len(domain_socket_dir) - 1
+    leaf(N)           = N                                    if len(N) <= budget
+                      = N[:budget - 17] + "~" + sha256(N)[:16]  otherwise
+
+Why this shape:
+
+* The directory is keyed on the UUID, never on the domain name: names are
+  renamable and libvirt's own name-keyed paths overflow sun_path (FACTS §2,
+  and oVirt moved to UUIDs for the same reason, FACTS §5).  The same
+  (UUID, name, run directory) gives the same path on every host, which keeps
+  migration simple.
+* 107 bytes: sun_path is 108 bytes including the NUL (model.MAX_SOCKET_PATH).
+  Truncating instead of hashing merged two sockets in virtcontainers #552.
+* Injective: distinct UUIDs give distinct directories.  Within one directory a
+  plain leaf is a valid channel name and so never contains ``~``
+  (model.NAME_RULE), while a hashed leaf always does, so the two forms never
+  meet.  Two hashed leaves are equal only if 64 bits of SHA-256 agree
+  (a bounded-length form cannot be injective over 100-character names; this
+  is as close as counting allows).
+* Confined: U is hex and dashes, a leaf is name characters plus ``~``, so no
+  ``/`` or ``..`` can appear, and the run directory itself is normalized.
+* The run directory must leave room for the shortest leaf (17 bytes), so it is
+  at most :data:`MAX_RUNDIR` (52) bytes; a longer one is an error naming it.
+
+Explicit (hand-typed) paths are not rewritten but must lie strictly inside an
+allowed root and, inside the run directory, inside the domain's own directory
+(:func:`check_explicit_path`).  Those checks are lexical; symlinks are dealt
+with where directories are created (:func:`make_dirs_nofollow`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import uuid as uuidlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .errors import InvalidUUID, PathNotAllowed, RunDirTooLong
+from .model import MAX_SOCKET_PATH, validate_name
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
+HASH_CHARS = 16
+#: ``~`` is outside model.NAME_RULE's alphabet, so only hashed leaves contain it.
+HASH_MARK = "~"
+MIN_LEAF = len(HASH_MARK) + HASH_CHARS
+UUID_CHARS = 36
+#: Longest run directory (bytes) for which every channel name still fits.
+MAX_RUNDIR = MAX_SOCKET_PATH - 1 - UUID_CHARS - 1 - MIN_LEAF
+
+_HEX = "[0-9a-fA-F]"
+_UUID_RE = re.compile(f"{_HEX}{{8}}-?{_HEX}{{4}}-?{_HEX}{{4}}-?{_HEX}{{4}}-?{_HEX}{{12}}")
+
+
+def canonical_uuid(value: str) -> str:
+    """Return ``value`` as lower-case 8-4-4-4-12; raise InvalidUUID otherwise.
+
+    libvirt accepts the UUID with or without dashes and in either case, so the
+    one domain must map to one directory whichever spelling its XML uses.
+    """
+    text = value.strip()
+    if not _UUID_RE.fullmatch(text):
+        raise InvalidUUID(value)
+    return str(uuidlib.UUID(hex=text.replace("-", "")))
+
+
+def check_rundir(rundir: str) -> None:
+    """Raise RunDirTooLong if ``rundir`` cannot hold the shortest socket path."""
+    if len(rundir.encode("utf-8", "surrogateescape")) > MAX_RUNDIR:
+        raise RunDirTooLong(rundir, MAX_RUNDIR)
+
+
+def domain_socket_dir(settings: Settings, uuid: str) -> str:
+    """The directory holding every allocated socket of domain ``uuid``."""
+    check_rundir(settings.rundir)
+    return f"{settings.rundir}/{canonical_uuid(uuid)}"
+
+
+def socket_leaf(name: str, budget: int) -> str:
+    """The file name for channel ``name`` when ``budget`` bytes are free."""
+    validate_name(name)
+    if budget < MIN_LEAF:
+        raise ValueError(f"budget {budget} is below the minimum leaf of {MIN_LEAF}")
+    if len(name) <= budget:  # names are ASCII, so characters == bytes
+        return name
+    digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:HASH_CHARS]
+    return name[: budget - MIN_LEAF] + HASH_MARK + digest
+
+
+def socket_path(settings: Settings, uuid: str, channel_name: str) -> str:
+    """The allocated socket path of channel ``channel_name`` of domain ``uuid``."""
+    directory = domain_socket_dir(settings, uuid)
+    budget = MAX_SOCKET_PATH - len(directory.encode("utf-8", "surrogateescape")) - 1
+    return f"{directory}/{socket_leaf(channel_name, budget)}"
+
+
+def is_within(path: str, roots: Iterable[str], *, strict: bool = False) -> bool:
+    """True if ``path`` is one of ``roots`` or lies below one (``strict``: below only).
+
+    Lexical only: a path with a ``..`` component or a relative path is never
+    within.  It does not see symlinks; code that creates or opens what lies
+    under a root must walk it with :func:`make_dirs_nofollow` (O_NOFOLLOW at
+    every component below the root), so a symlink planted inside a root
+    cannot lead outside it.
+    """
+    if not path.startswith("/") or ".." in path.split("/"):
+        return False
+    normalized = "/" + os.path.normpath(path).lstrip("/")
+    for root in roots:
+        base = "/" + os.path.normpath(root).lstrip("/")
+        if normalized == base:
+            if not strict:
+                return True
+            continue
+        if normalized.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
+
+
+def check_explicit_path(
+    settings: Settings, uuid: str, channel_name: str | None, path: str
+) -> None:
+    """Raise PathNotAllowed unless an explicit socket path may be managed.
+
+    The path (already valid by model.validate_path) must lie strictly below an
+    allowed root.  Below the run directory it must also lie in this domain's
+    own directory: the rest of the run directory belongs to other domains and
+    to the registry.
+    """
+    if not is_within(path, settings.allowed_roots, strict=True):
+        roots = ":".join(settings.allowed_roots)
+        raise PathNotAllowed(channel_name, path, f"is outside the allowed roots ({roots})")
+    if is_within(path, (settings.rundir,)):
+        own = domain_socket_dir(settings, uuid)
+        if not is_within(path, (own,), strict=True):
+            raise PathNotAllowed(
+                channel_name, path,
+                f"is inside the run directory but not in this domain's directory {own}",
+            )
+
+
+def make_dirs_nofollow(
+    path: str, root: str, *, mode: int = 0o750, gid: int | None = None
+) -> list[str]:
+    """Create ``path`` (a directory at or below ``root``) without following symlinks.
+
+    ``root`` is trusted (it comes from the settings) and is created with
+    os.makedirs if missing; every component below it is opened with
+    O_NOFOLLOW|O_DIRECTORY relative to its parent's descriptor, so a symlink
+    or a non-directory anywhere below the root raises PathNotAllowed instead
+    of being followed.  Directories created here get ``mode`` and, if given,
+    group ``gid`` (owner: the caller, root in a hook).  Returns the
+    directories created, outermost first, so the caller can record them.
+    """
+    if not is_within(path, (root,)):
+        raise PathNotAllowed(None, path, f"is not inside {root}")
+    created: list[str] = []
+    if not os.path.isdir(root):
+        os.makedirs(root, mode=mode, exist_ok=True)
+        created.append(root)
+    relative = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    parts = [] if relative == "." else relative.split("/")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    current = os.path.normpath(root)
+    try:
+        for part in parts:
+            current = f"{current.rstrip('/')}/{part}"
+            made = False
+            try:
+                os.mkdir(part, mode, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                # ELOOP: a symlink; ENOTDIR: a file.  Both are refused, never followed.
+                raise PathNotAllowed(
+                    None, current, f"is not a plain directory ({exc.strerror})"
+                ) from None
+            os.close(fd)
+            fd = child
+            if made:
+                os.fchmod(fd, mode)  # mkdir's mode is filtered by the umask
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
+                created.append(current)
+            elif not stat.S_ISDIR(os.fstat(fd).st_mode):  # pragma: no cover - O_DIRECTORY
+                raise PathNotAllowed(None, current, "is not a directory")
+    finally:
+        os.close(fd)
+    return created

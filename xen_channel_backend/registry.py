@@ -1,0 +1,499 @@
+"""The runtime registry: one JSON record per domain, and socket path claims.
+
+Layout under ``RUNDIR/registry/`` (``registry`` is not a UUID, so it never
+meets a domain's socket directory ``RUNDIR/<uuid>``)::
+
+    domains/<uuid>.json     the DomainRecord (``records_dir``; watchers poll it)
+    locks/<uuid>.lock       flock(2) target serializing writers of one domain
+    owned/<uuid>.json       the paths this domain has claimed (an intent log)
+    claims/<sha256(path)>   one file per claimed socket path; content names the owner
+    names/<sha256(name)>    symlink -> uuid: the by-name index
+
+Why it is safe:
+
+* Every file is written whole and then renamed (atomic.atomic_write) or
+  hard-linked into place, so a process SIGKILLed at any point leaves the old
+  record or the new one, never a prefix.  Readers take no lock.
+* Writers of one domain serialize on ``locks/<uuid>.lock``.  The lock file is
+  unlinked by :meth:`Registry.remove` while held; a waiter that then wins the
+  dead inode notices (fstat vs stat) and retries on a fresh file.
+* A claim is created with link(2), which fails with EEXIST when the file is
+  there: when two domains claim one path at once, exactly one link succeeds
+  (FACTS §2: QEMU unlinks whatever sits at its path, so a lost race would
+  otherwise silently steal a socket).  The content is written before the link,
+  so a claim file is never seen empty.  ``owned/<uuid>.json`` is written
+  before the links, so even after SIGKILL every claim of a domain is listed
+  there and :meth:`Registry.release` finds it without scanning.
+* Another domain's claim is never taken over: the owner's own release
+  (libvirt calls ``release`` after every stop and failed start, FACTS §1)
+  frees it.  A claim of the same UUID is simply kept.
+
+Cost: get/put/claim_paths/release/remove by UUID touch a fixed set of files
+named by the UUID or a path hash, never a directory listing, so they do not
+grow with the number of domains (bench/bench_registry.py).  Lookup by *name*
+uses the index and verifies the record; only on a miss (an unknown name, or an
+index entry lost to a crash) does it scan ``domains/``.  :meth:`Registry.list`
+scans by nature.  Two domains of different drivers may share a name; a name
+lookup then returns the one written last - use the UUID to be exact.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .atomic import atomic_write, fsync_directory
+from .errors import InvalidUUID, PathConflict, RegistryError
+from .model import Channel, Connection, Target
+from .paths import canonical_uuid, make_dirs_nofollow
+
+log = logging.getLogger(__name__)
+
+PREPARING = "preparing"
+RUNNING = "running"
+STOPPED = "stopped"
+STATES = (PREPARING, RUNNING, STOPPED)
+FORMAT_VERSION = 1
+#: A record is a few hundred bytes; anything this big is not ours.
+MAX_RECORD_BYTES = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelRecord:
+    """One channel as registered: ``created_dir`` tells release what to remove."""
+
+    name: str | None
+    connection: Connection
+    path: str | None
+    target: Target
+    created_dir: bool = False
+
+    @classmethod
+    def from_channel(cls, channel: Channel, created_dir: bool = False) -> ChannelRecord:
+        return cls(channel.name, channel.connection, channel.path, channel.target, created_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "connection": self.connection.value,
+            "path": self.path,
+            "target": self.target.value,
+            "created_dir": self.created_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChannelRecord:
+        name, path, created = data["name"], data["path"], data["created_dir"]
+        if not (name is None or isinstance(name, str)) or not (
+            path is None or isinstance(path, str)
+        ):
+            raise TypeError("channel name and path must be strings or null")
+        if not isinstance(created, bool):
+            raise TypeError("created_dir must be true or false")
+        return cls(name, Connection(data["connection"]), path, Target(data["target"]), created)
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainRecord:
+    """A domain as the registry knows it.  ``uuid`` is stored canonical."""
+
+    uuid: str
+    name: str
+    driver: str
+    state: str
+    channels: tuple[ChannelRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uuid", canonical_uuid(self.uuid))
+        if self.state not in STATES:
+            raise ValueError(f"state {self.state!r} is not one of {', '.join(STATES)}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("a domain record needs a name")
+        if not isinstance(self.driver, str) or not self.driver:
+            raise ValueError("a domain record needs a driver")
+        object.__setattr__(self, "channels", tuple(self.channels))
+
+    def socket_paths(self) -> list[str]:
+        """The normalized socket paths this domain needs claimed, sorted."""
+        return sorted(
+            {
+                _normalize(c.path)
+                for c in self.channels
+                if c.connection is Connection.SOCKET and c.path
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "uuid": self.uuid,
+            "name": self.name,
+            "driver": self.driver,
+            "state": self.state,
+            "channels": [c.to_dict() for c in self.channels],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any]) -> DomainRecord:
+        """Build a record from JSON text or a decoded mapping.
+
+        Raises ValueError/TypeError/KeyError on anything malformed; the
+        registry turns those into RegistryError naming the file.
+        """
+        obj = json.loads(data) if isinstance(data, str | bytes) else data
+        if not isinstance(obj, Mapping):
+            raise TypeError("a record is a JSON object")
+        if obj.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unknown record version {obj.get('version')!r}")
+        channels = obj["channels"]
+        if not isinstance(channels, list):
+            raise TypeError("channels must be a list")
+        return cls(
+            uuid=obj["uuid"], name=obj["name"], driver=obj["driver"], state=obj["state"],
+            channels=tuple(ChannelRecord.from_dict(c) for c in channels),
+        )
+
+
+def _normalize(path: str) -> str:
+    return "/" + os.path.normpath(path).lstrip("/")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Registry:
+    """The registry under ``rundir`` (see the module docstring for the layout)."""
+
+    def __init__(self, rundir: str) -> None:
+        self.rundir = rundir
+        self.base = os.path.join(rundir, "registry")
+        self.records_dir = os.path.join(self.base, "domains")
+        self._locks_dir = os.path.join(self.base, "locks")
+        self._owned_dir = os.path.join(self.base, "owned")
+        self._claims_dir = os.path.join(self.base, "claims")
+        self._names_dir = os.path.join(self.base, "names")
+        self._ready = False
+
+    # --- reading (no locks: every file is replaced atomically) ---------------
+
+    def get(self, name_or_uuid: str) -> DomainRecord | None:
+        """The record for a UUID (any spelling) or a domain name, or None."""
+        try:
+            uuid = canonical_uuid(name_or_uuid)
+        except InvalidUUID:
+            pass
+        else:
+            record = self._read_record(uuid)
+            if record is not None:
+                return record
+            # A domain may be *named* like a UUID; fall through to names.
+        uuid_by_name = self._index_lookup(name_or_uuid)
+        if uuid_by_name is not None:
+            record = self._read_record(uuid_by_name)
+            if record is not None and record.name == name_or_uuid:
+                return record
+        for record in self.list():
+            if record.name == name_or_uuid:
+                return record
+        return None
+
+    def list(self) -> list[DomainRecord]:
+        """Every record, sorted by name then UUID."""
+        try:
+            entries = os.listdir(self.records_dir)
+        except FileNotFoundError:
+            return []
+        records = []
+        for entry in entries:
+            # Skip atomic_write's ".*.tmp" files (a writer may be mid-write or
+            # have been killed); only "<uuid>.json" is a record.
+            if entry.startswith(".") or not entry.endswith(".json"):
+                continue
+            try:
+                uuid = canonical_uuid(entry[: -len(".json")])
+            except InvalidUUID:
+                continue
+            record = self._read_record(uuid)
+            if record is not None:
+                records.append(record)
+        return sorted(records, key=lambda r: (r.name, r.uuid))
+
+    # --- writing ----------------------------------------------------------------
+
+    def put(self, record: DomainRecord) -> None:
+        """Write ``record`` atomically (replacing any older one) and index its name."""
+        self._ensure_dirs()
+        with self._locked(record.uuid):
+            old = self._read_record(record.uuid)
+            atomic_write(self._record_path(record.uuid), record.to_json())
+            if old is not None and old.name != record.name:
+                self._unindex(old.name, record.uuid)
+            self._index(record.name, record.uuid)
+
+    def remove(self, uuid: str) -> None:
+        """Forget domain ``uuid``: release its claims, delete its record.  Idempotent."""
+        uuid = canonical_uuid(uuid)
+        if not os.path.isdir(self.base):
+            return
+        self._ensure_dirs()
+        with self._locked(uuid, remove_lock=True):
+            self._release_locked(uuid)
+            old = self._read_record(uuid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._record_path(uuid))
+            if old is not None:
+                self._unindex(old.name, uuid)
+            fsync_directory(self.records_dir)
+
+    def claim_paths(self, record: DomainRecord) -> builtins.list[str]:
+        """Make this domain's claims exactly ``record.socket_paths()``.
+
+        All or nothing: on a conflict, the claims this call created are
+        released again and PathConflict (naming both domains) is raised.
+        Claims the domain held before and still wants are kept; ones it no
+        longer wants are released.  Returns the paths newly claimed.
+        """
+        self._ensure_dirs()
+        wanted = record.socket_paths()
+        with self._locked(record.uuid):
+            held = self._read_owned(record.uuid)
+            if not set(wanted) <= set(held):
+                # Intent first: a claim file must never exist without being
+                # listed here, or a crash would leak it past release().
+                self._write_owned(record.uuid, sorted(set(held) | set(wanted)))
+            created: builtins.list[str] = []
+            try:
+                for path in wanted:
+                    if self._claim_one(path, record):
+                        created.append(path)
+            except BaseException:
+                for path in created:
+                    self._unclaim(path, record.uuid)
+                self._write_owned(record.uuid, sorted(set(held) - set(created)))
+                raise
+            finally:
+                fsync_directory(self._claims_dir)
+            for path in set(held) - set(wanted):
+                self._unclaim(path, record.uuid)
+            if sorted(held) != wanted:
+                self._write_owned(record.uuid, wanted)
+            return created
+
+    def release(self, uuid: str) -> None:
+        """Release every path claim of ``uuid``.  Idempotent."""
+        uuid = canonical_uuid(uuid)
+        if not os.path.isdir(self.base):
+            return
+        self._ensure_dirs()
+        with self._locked(uuid):
+            self._release_locked(uuid)
+
+    def claim_owner(self, path: str) -> str | None:
+        """The UUID holding a claim on ``path``, or None."""
+        owner = self._read_claim(_normalize(path))
+        return owner["uuid"] if owner else None
+
+    # --- internals --------------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        if self._ready:
+            return
+        # Never follow a symlink planted inside the run directory (the run
+        # directory itself comes from the admin's settings and is trusted).
+        for directory in (
+            self.records_dir, self._locks_dir, self._owned_dir, self._claims_dir, self._names_dir,
+        ):
+            make_dirs_nofollow(directory, self.rundir, mode=0o755)
+        self._ready = True
+
+    def _record_path(self, uuid: str) -> str:
+        return os.path.join(self.records_dir, f"{uuid}.json")
+
+    def _read_record(self, uuid: str) -> DomainRecord | None:
+        path = self._record_path(uuid)
+        data = self._read_small(path)
+        if data is None:
+            return None
+        try:
+            record = DomainRecord.from_json(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RegistryError(path, f"corrupt record: {exc}") from None
+        if record.uuid != uuid:
+            raise RegistryError(path, f"record holds UUID {record.uuid}, not {uuid}")
+        return record
+
+    def _read_small(self, path: str) -> bytes | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RegistryError(path, f"cannot read: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise RegistryError(path, "file is over 1 MiB")
+        return data
+
+    @contextlib.contextmanager
+    def _locked(self, uuid: str, *, remove_lock: bool = False) -> Iterator[None]:
+        path = os.path.join(self._locks_dir, f"{uuid}.lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    on_disk = os.stat(path, follow_symlinks=False)
+                except FileNotFoundError:
+                    on_disk = None
+                held = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (
+                held.st_ino, held.st_dev,
+            ):
+                break
+            # remove() unlinked the file we waited on; lock the new one.
+            os.close(fd)
+        try:
+            yield
+            if remove_lock:
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+    def _owned_path(self, uuid: str) -> str:
+        return os.path.join(self._owned_dir, f"{uuid}.json")
+
+    def _read_owned(self, uuid: str) -> builtins.list[str]:
+        path = self._owned_path(uuid)
+        data = self._read_small(path)
+        if data is None:
+            return []
+        try:
+            paths = json.loads(data)
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise ValueError("not a list of paths")
+        except ValueError as exc:
+            raise RegistryError(path, f"corrupt claim list: {exc}") from None
+        return paths
+
+    def _write_owned(self, uuid: str, paths: builtins.list[str]) -> None:
+        if paths:
+            atomic_write(self._owned_path(uuid), json.dumps(paths) + "\n")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._owned_path(uuid))
+
+    def _claim_path(self, path: str) -> str:
+        return os.path.join(self._claims_dir, _digest(path))
+
+    def _read_claim(self, path: str) -> dict[str, str] | None:
+        claim = self._claim_path(path)
+        data = self._read_small(claim)
+        if data is None:
+            return None
+        try:
+            owner = json.loads(data)
+            if not isinstance(owner, dict) or not isinstance(owner.get("uuid"), str):
+                raise ValueError("no owner UUID")
+        except ValueError as exc:
+            raise RegistryError(claim, f"corrupt claim of {path!r}: {exc}") from None
+        return owner
+
+    def _claim_one(self, path: str, record: DomainRecord) -> bool:
+        """Claim ``path`` for ``record``; True if created, False if already ours."""
+        claim = self._claim_path(path)
+        payload = json.dumps({"path": path, "uuid": record.uuid, "name": record.name}) + "\n"
+        tmp = os.path.join(self._claims_dir, f".{record.uuid}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                # link(2) is the atomic test-and-create: EEXIST if anyone holds it.
+                os.link(tmp, claim)
+                return True
+            except FileExistsError:
+                pass
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        owner = self._read_claim(path)
+        if owner is None:
+            # Released between our link and our read: try once more.
+            return self._claim_one(path, record)
+        if owner["uuid"] == record.uuid:
+            return False
+        owner_uuid = owner["uuid"]
+        owner_name: str | None = owner.get("name")
+        with contextlib.suppress(RegistryError, InvalidUUID):
+            current = self._read_record(canonical_uuid(owner_uuid))
+            if current is not None:
+                owner_name = current.name
+        raise PathConflict(path, owner_uuid, owner_name, record.uuid, record.name)
+
+    def _unclaim(self, path: str, uuid: str) -> None:
+        owner = self._read_claim(path)
+        # Only the owner (holding its own lock) removes its claim, so the file
+        # cannot change hands between this read and the unlink.
+        if owner is not None and owner["uuid"] == uuid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._claim_path(path))
+
+    def _release_locked(self, uuid: str) -> None:
+        for path in self._read_owned(uuid):
+            self._unclaim(path, uuid)
+        self._write_owned(uuid, [])
+
+    def _name_link(self, name: str) -> str:
+        return os.path.join(self._names_dir, _digest(name))
+
+    def _index_lookup(self, name: str) -> str | None:
+        try:
+            target = os.readlink(self._name_link(name))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            return canonical_uuid(target)
+        except InvalidUUID:
+            return None
+
+    def _index(self, name: str, uuid: str) -> None:
+        link = self._name_link(name)
+        if self._index_lookup(name) == uuid:
+            return
+        tmp = os.path.join(self._names_dir, f".{uuid}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(uuid, tmp)
+        os.replace(tmp, link)
+
+    def _unindex(self, name: str, uuid: str) -> None:
+        if self._index_lookup(name) == uuid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name_link(name))
+
+
+def registered_channels(channels: Iterable[Channel]) -> tuple[ChannelRecord, ...]:
+    """ChannelRecords for ``channels`` (none of whose directories we created)."""
+    return tuple(ChannelRecord.from_channel(c) for c in channels)
