@@ -1,0 +1,539 @@
+"""Tests for xen_channel_backend.agent: the dom0 client, end to end through the QEMU stand-in.
+
+The guest side is :class:`FakeGuest`, a few lines that answer frames on the
+stand-in's pty slave (the guest's /dev/hvcN); each test scripts how it
+misbehaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backend_standin import BackendStandin
+
+from xen_channel_backend import protocol
+from xen_channel_backend.agent import ChannelClient
+from xen_channel_backend.errors import (
+    AckTimeout,
+    ChannelUnavailable,
+    ConfigRefused,
+    InvalidMessage,
+    ProtocolViolation,
+)
+
+#: Deadline for answers that a working guest gives in milliseconds.  Tests
+#: that expect a timeout use SHORT so they stay fast.
+WAIT = 10.0
+SHORT = 0.3
+
+Responder = Callable[[dict[str, Any]], list[bytes]]
+
+
+def well_behaved(message: dict[str, Any]) -> list[bytes]:
+    """What a correct guest agent answers."""
+    kind = message.get("type")
+    if kind == "hello":
+        return [
+            protocol.encode(
+                protocol.hello_ack(
+                    message["nonce"],
+                    agent_name="fake-guest",
+                    agent_version="0.1",
+                    capabilities=["hostname", "ssh_keys", "addresses"],
+                )
+            )
+        ]
+    if kind == "config":
+        items = protocol.payload_items(message["payload"])
+        results = [protocol.item_result(i, "applied") for i in items]
+        return [protocol.encode(protocol.ack(message["id"], results=results))]
+    if kind == "ping":
+        return [protocol.encode(protocol.pong(message["id"]))]
+    return [protocol.encode(protocol.error(message.get("id"), "unknown-type", str(kind)))]
+
+
+class FakeGuest:
+    """A scripted guest agent on the guest's end of the channel (the pty slave)."""
+
+    def __init__(self, qemu: BackendStandin, respond: Responder = well_behaved) -> None:
+        self.fd = qemu.open_guest()
+        self.respond = respond
+        self.seen: list[dict[str, Any]] = []
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        decoder = protocol.FrameDecoder()
+        while True:
+            ready, _, _ = select.select([self.fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            for message in decoder.feed(os.read(self.fd, 65536)):
+                if isinstance(message, protocol.FrameError):
+                    continue
+                self.seen.append(message)
+                for reply in self.respond(message):
+                    os.write(self.fd, reply)
+
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
+    def stop(self) -> None:
+        """The guest agent exits: it closes /dev/hvcN."""
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        for fd in (self.fd, self._stop_r, self._stop_w):
+            os.close(fd)
+
+    def kinds(self) -> list[str]:
+        return [m["type"] for m in self.seen]
+
+
+@pytest.fixture
+def qemu(tmp_path: Path) -> Iterator[BackendStandin]:
+    with BackendStandin(tmp_path / "org.example.agent") as standin:
+        yield standin
+
+
+@contextlib.contextmanager
+def guest(qemu: BackendStandin, respond: Responder = well_behaved) -> Iterator[FakeGuest]:
+    fake = FakeGuest(qemu, respond)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def client_for(qemu: BackendStandin, **kwargs: Any) -> ChannelClient:
+    kwargs.setdefault("label", "vm1/org.example.agent")
+    return ChannelClient(qemu.socket_path, **kwargs)
+
+
+PAYLOAD: dict[str, Any] = {
+    "hostname": "vm1.example.org",
+    "addresses": [{"interface": "eth0", "address": "192.0.2.10/24", "gateway": "192.0.2.1"}],
+    "ssh_keys": [{"user": "root", "keys": ["ssh-ed25519 AAAAC3Nza admin@example.org"]}],
+}
+
+
+# --- the happy path ------------------------------------------------------------
+
+
+def test_handshake_reports_the_agent(qemu: BackendStandin) -> None:
+    with guest(qemu) as fake, client_for(qemu) as client:
+        agent = client.handshake(WAIT)
+    assert (agent.name, agent.version, agent.protocol_version) == ("fake-guest", "0.1", 1)
+    assert agent.capabilities == ("hostname", "ssh_keys", "addresses")
+    hello = fake.seen[0]
+    assert hello["type"] == "hello" and hello["versions"] == [1]
+    assert len(hello["nonce"]) == 32
+
+
+def test_config_push_is_acknowledged_end_to_end(qemu: BackendStandin) -> None:
+    with guest(qemu) as fake, client_for(qemu) as client:
+        result = client.send_config(PAYLOAD, WAIT)
+        assert client.ping(WAIT) >= 0
+    assert result.status == "ok"
+    assert [(r.item, r.status) for r in result.results] == [
+        ("hostname", "applied"),
+        ("addresses/eth0", "applied"),
+        ("ssh_keys/root", "applied"),
+    ]
+    # The handshake came first, on its own; the config carried our payload and id.
+    assert fake.kinds() == ["hello", "config", "ping"]
+    assert fake.seen[1]["payload"] == PAYLOAD and fake.seen[1]["id"] == result.id
+
+
+def test_invalid_payload_is_refused_before_sending(qemu: BackendStandin) -> None:
+    with (
+        guest(qemu) as fake,
+        client_for(qemu) as client,
+        pytest.raises(InvalidMessage, match="not a valid host name"),
+    ):
+        client.send_config({"hostname": "bad name"}, WAIT)
+    assert fake.seen == []
+
+
+# --- stale data and resynchronisation --------------------------------------------
+
+
+def test_stale_bytes_before_the_handshake_are_discarded(qemu: BackendStandin) -> None:
+    with guest(qemu) as fake:
+        # Left over from an earlier client: noise, a half frame, a hello-ack and
+        # an ack for requests this client never made.  QEMU keeps guest output
+        # while nobody is connected, so the new client reads all of it first.
+        fake.write(b"boot noise\r\n\x00\x01")
+        fake.write(b'\xff{"type":"ack","id":"old","stat')
+        fake.write(
+            protocol.encode(
+                protocol.hello_ack("0" * 32, agent_name="old", agent_version="0", capabilities=[])
+            )
+        )
+        fake.write(protocol.encode(protocol.ack("old", results=[])))
+        time.sleep(0.1)  # let the stand-in take it into its backlog before we connect
+        with client_for(qemu) as client:
+            agent = client.handshake(WAIT)
+            result = client.send_config({"hostname": "vm1"}, WAIT)
+    assert agent.name == "fake-guest"
+    assert result.status == "ok"
+
+
+def test_stale_hello_ack_with_another_nonce_is_ignored(qemu: BackendStandin) -> None:
+    def replays_an_old_hello_ack(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] == "hello":
+            stale = protocol.hello_ack(
+                "f" * 32, agent_name="stale", agent_version="0", capabilities=[]
+            )
+            return [protocol.encode(stale), *well_behaved(message)]
+        return well_behaved(message)
+
+    with guest(qemu, replays_an_old_hello_ack), client_for(qemu) as client:
+        assert client.handshake(WAIT).name == "fake-guest"
+
+
+def test_ack_timeout_then_resync_ignores_the_late_ack(qemu: BackendStandin) -> None:
+    held: list[dict[str, Any]] = []
+
+    def slow_first_config(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] == "config" and not held:
+            held.append(message)  # answer it only later, after the client gave up
+            return []
+        if message["type"] == "hello" and held:
+            late = well_behaved(held[0])  # the late ack arrives before the new hello-ack
+            return [*late, *well_behaved(message)]
+        return well_behaved(message)
+
+    with guest(qemu, slow_first_config) as fake, client_for(qemu) as client:
+        with pytest.raises(AckTimeout) as caught:
+            client.send_config({"hostname": "first"}, SHORT)
+        result = client.send_config({"hostname": "second"}, WAIT)
+    assert caught.value.request_id == held[0]["id"]
+    assert str(caught.value) == (
+        f"vm1/org.example.agent: no answer to request {held[0]['id']!r} within 0.3 s "
+        "(is the guest agent running?)"
+    )
+    # A new hello after the timeout, and the second ack is the one returned.
+    assert fake.kinds() == ["hello", "config", "hello", "config"]
+    assert result.id == fake.seen[3]["id"] != held[0]["id"]
+
+
+def test_no_guest_agent_gives_a_handshake_timeout(qemu: BackendStandin) -> None:
+    with client_for(qemu) as client, pytest.raises(AckTimeout, match="is the guest agent running"):
+        client.handshake(SHORT)
+
+
+# --- a misbehaving guest ---------------------------------------------------------
+
+
+def answers_config_with(*frames: bytes) -> Responder:
+    def respond(message: dict[str, Any]) -> list[bytes]:
+        return list(frames) if message["type"] == "config" else well_behaved(message)
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("frames", "expected"),
+    [
+        (
+            (b"\xffthis is not json\n",),
+            "vm1/org.example.agent: protocol violation: guest sent bad-frame: invalid JSON",
+        ),
+        (
+            (b"\xff" + b"x" * (protocol.MAX_FRAME + 10) + b"\n",),
+            "vm1/org.example.agent: protocol violation: guest sent frame-too-large: "
+            "frame longer than 1048576 bytes",
+        ),
+        (
+            (b'\xff{"type":"error","id":null,"code":"bad-frame","message":"cut"}\n',),
+            "could not read our request: bad-frame: 'cut'",
+        ),
+    ],
+    ids=["garbage", "oversized", "guest-could-not-parse"],
+)
+def test_garbage_from_the_guest_is_a_clear_protocol_violation(
+    qemu: BackendStandin, frames: tuple[bytes, ...], expected: str
+) -> None:
+    with guest(qemu, answers_config_with(*frames)), client_for(qemu) as client:
+        with pytest.raises(ProtocolViolation) as caught:
+            client.send_config({"hostname": "vm1"}, WAIT)
+        assert expected in str(caught.value)
+        assert "\n" not in str(caught.value)
+        # The client is still usable: the next request resyncs first.
+        assert client.ping(WAIT) >= 0
+
+
+def test_malformed_ack_is_a_protocol_violation(qemu: BackendStandin) -> None:
+    def bad_ack(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] == "config":
+            return [protocol.encode({"type": "ack", "id": message["id"], "status": "great"})]
+        return well_behaved(message)
+
+    expected = "bad ack: \"status\" 'great' is not one of"
+    with (
+        guest(qemu, bad_ack),
+        client_for(qemu) as client,
+        pytest.raises(ProtocolViolation, match=expected),
+    ):
+        client.send_config({"hostname": "vm1"}, WAIT)
+
+
+def test_rejected_and_partial_configs_raise_config_refused(qemu: BackendStandin) -> None:
+    def refusing(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] != "config":
+            return well_behaved(message)
+        if message["payload"].get("hostname") == "reject":
+            return [protocol.encode(protocol.ack(message["id"], error="no hostnames today"))]
+        results = [
+            protocol.item_result("hostname", "applied"),
+            protocol.item_result("addresses/eth0", "failed", "no such device"),
+        ]
+        return [protocol.encode(protocol.ack(message["id"], results=results))]
+
+    with guest(qemu, refusing), client_for(qemu) as client:
+        with pytest.raises(ConfigRefused) as rejected:
+            client.send_config({"hostname": "reject"}, WAIT)
+        with pytest.raises(ConfigRefused) as partial:
+            client.send_config(PAYLOAD, WAIT)
+    assert str(rejected.value) == (
+        "vm1/org.example.agent: guest rejected the config: 'no hostnames today'"
+    )
+    assert partial.value.status == "partial"
+    assert str(partial.value) == (
+        "vm1/org.example.agent: guest applied the config only partly: "
+        "1 of 2 items not applied: 'addresses/eth0' ('failed')"
+    )
+
+
+def test_unsupported_version_is_reported(qemu: BackendStandin) -> None:
+    def future_guest(message: dict[str, Any]) -> list[bytes]:
+        answer = protocol.error(message["nonce"], "unsupported-version", "I speak [2]")
+        return [protocol.encode(answer)]
+
+    with (
+        guest(qemu, future_guest),
+        client_for(qemu) as client,
+        pytest.raises(ProtocolViolation, match="none of the protocol versions we offer"),
+    ):
+        client.handshake(WAIT)
+
+
+# --- the guest and QEMU come and go ------------------------------------------------
+
+
+def test_guest_agent_restarts_and_the_client_resyncs(qemu: BackendStandin) -> None:
+    with client_for(qemu) as client:
+        first = FakeGuest(qemu)
+        assert client.send_config({"hostname": "one"}, WAIT).status == "ok"
+        first.stop()  # the guest agent dies; QEMU's socket stays connected
+        with pytest.raises(AckTimeout):
+            client.send_config({"hostname": "lost"}, SHORT)
+        second = FakeGuest(qemu)  # it comes back and reads what piled up meanwhile
+        try:
+            assert client.send_config({"hostname": "two"}, WAIT).status == "ok"
+        finally:
+            second.stop()
+    # The new agent also saw the frames sent while nobody read; they did no harm.
+    assert second.kinds()[-2:] == ["hello", "config"]
+    assert second.seen[-1]["payload"] == {"hostname": "two"}
+
+
+def test_domain_restart_closes_the_connection_and_reconnect_works(
+    qemu: BackendStandin,
+) -> None:
+    with guest(qemu):
+        client = client_for(qemu)
+        with client:
+            assert client.send_config({"hostname": "one"}, WAIT).status == "ok"
+            qemu.stop()  # QEMU exits with the domain: the client sees EOF
+            with pytest.raises(ChannelUnavailable, match="connection closed"):
+                client.ping(WAIT)
+            qemu.start()  # the next boot's QEMU listens again
+            client.connect()
+            assert client.send_config({"hostname": "two"}, WAIT).status == "ok"
+
+
+def test_connect_retries_until_the_socket_appears(tmp_path: Path) -> None:
+    path = tmp_path / "late"
+    standin = BackendStandin(path)
+    timer = threading.Timer(0.2, standin.start)
+    timer.start()
+    try:
+        client = ChannelClient(str(path), retries=8, backoff=0.05)
+        client.connect()  # fails at first (ENOENT), succeeds once QEMU listens
+        client.close()
+    finally:
+        timer.join()
+        standin.close()
+
+
+def test_connect_gives_up_after_bounded_retries(tmp_path: Path) -> None:
+    client = ChannelClient(str(tmp_path / "absent"), retries=2, backoff=0.01)
+    with pytest.raises(ChannelUnavailable) as caught:
+        client.connect()
+    assert str(caught.value) == (
+        f"channel socket {str(tmp_path / 'absent')!r}: no such socket "
+        "(is the domain running?) after 3 attempts"
+    )
+
+
+def test_second_client_gets_nothing_while_the_first_holds_qemu(qemu: BackendStandin) -> None:
+    # QEMU serves one client at a time; the broker exists because of this.
+    with guest(qemu), client_for(qemu) as first:
+        first.handshake(WAIT)
+        with client_for(qemu) as second, pytest.raises(AckTimeout):
+            second.handshake(SHORT)
+        assert first.ping(WAIT) >= 0
+        assert qemu.connections == 1
+
+
+# --- xen-channel send ------------------------------------------------------------
+
+UUID = "7b1a4c52-0d3e-4f7e-9c1a-2b3c4d5e6f70"
+CHANNEL = "org.example.agent"
+
+
+@pytest.fixture
+def registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, BackendStandin]]:
+    """A running domain 'vm1' in a fresh registry, its channel served by the stand-in."""
+    from xen_channel_backend.model import Connection, Target
+    from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
+
+    monkeypatch.delenv("XEN_CHANNEL_RUNDIR", raising=False)
+    monkeypatch.setenv("XEN_CHANNEL_CONFIG", str(tmp_path / "xen-channel.conf"))
+    (tmp_path / "xen-channel.conf").write_text("[xen-channel]\n")
+    # pytest's tmp_path is too long for a run directory (paths.MAX_RUNDIR keeps
+    # room for sun_path's 107 bytes), so this one lives right under /tmp.
+    rundir = tempfile.mkdtemp(prefix="xcb-", dir="/tmp")
+    try:
+        socket_path = f"{rundir}/{UUID}/{CHANNEL}"
+        os.mkdir(os.path.dirname(socket_path), 0o750)
+        channel = ChannelRecord(CHANNEL, Connection.SOCKET, socket_path, Target.XEN)
+        Registry(rundir).put(DomainRecord(UUID, "vm1", "libxl", "running", (channel,)))
+        with BackendStandin(socket_path) as standin:
+            yield rundir, standin
+    finally:
+        shutil.rmtree(rundir)
+
+
+def send(
+    rundir: str, *extra: str, config: dict[str, Any] | None = None, domain: str = "vm1"
+) -> tuple[int, str, str]:
+    import io
+    import json
+
+    from xen_channel_backend.cli import main
+
+    stdin = io.StringIO(json.dumps(PAYLOAD if config is None else config))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["send", "--rundir", rundir, domain, CHANNEL, "--config", "-", *extra]
+    code = main(argv, stdin, stdout, stderr)
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def test_send_json_reports_every_item(registered: tuple[str, BackendStandin]) -> None:
+    import json
+
+    rundir, qemu = registered
+    with guest(qemu):
+        code, out, err = send(rundir, "--json", "--timeout", "10")
+    assert (code, err) == (0, "")
+    document = json.loads(out)
+    assert document["status"] == "ok"
+    assert document["agent"] == {"name": "fake-guest", "version": "0.1"}
+    assert [(r["item"], r["status"]) for r in document["results"]] == [
+        ("hostname", "applied"),
+        ("addresses/eth0", "applied"),
+        ("ssh_keys/root", "applied"),
+    ]
+
+
+def test_send_prints_a_table_and_finds_the_domain_by_uuid(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    rundir, qemu = registered
+    with guest(qemu):
+        code, out, err = send(rundir, domain=UUID.upper())
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["ITEM", "STATUS", "DETAIL"],
+        ["hostname", "applied"],
+        ["addresses/eth0", "applied"],
+        ["ssh_keys/root", "applied"],
+    ]
+
+
+def test_send_refused_exits_1_with_one_line(registered: tuple[str, BackendStandin]) -> None:
+    def refusing(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] == "config":
+            return [protocol.encode(protocol.ack(message["id"], error="read-only root"))]
+        return well_behaved(message)
+
+    rundir, qemu = registered
+    with guest(qemu, refusing):
+        code, out, err = send(rundir)
+    assert (code, out) == (1, "")
+    assert err == (
+        "xen-channel: error: domain 'vm1' channel 'org.example.agent': "
+        "guest rejected the config: 'read-only root'\n"
+    )
+
+
+def test_send_without_a_guest_agent_times_out(registered: tuple[str, BackendStandin]) -> None:
+    rundir, _qemu = registered
+    code, out, err = send(rundir, "--timeout", "0.3")
+    assert (code, out) == (1, "")
+    assert err.startswith("xen-channel: error: domain 'vm1' channel 'org.example.agent': ")
+    assert err.endswith("within 0.3 s (is the guest agent running?)\n")
+
+
+@pytest.mark.parametrize(
+    ("argv_domain", "config", "fragment"),
+    [
+        ("vm2", PAYLOAD, "no registered domain 'vm2'"),
+        ("vm1", {"hostname": "-x-"}, "<stdin>: hostname '-x-' is not a valid host name"),
+    ],
+)
+def test_send_bad_input_names_the_culprit(
+    registered: tuple[str, BackendStandin], argv_domain: str, config: Any, fragment: str
+) -> None:
+    import io
+    import json
+
+    from xen_channel_backend.cli import main
+
+    rundir, _qemu = registered
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["send", "--rundir", rundir, argv_domain, CHANNEL, "--config", "-"]
+    code = main(argv, io.StringIO(json.dumps(config)), stdout, stderr)
+    assert code == 1
+    assert fragment in stderr.getvalue() and stderr.getvalue().count("\n") == 1
+
+
+def test_send_goes_through_the_broker_socket_when_one_exists(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    from xen_channel_backend.agent import broker_socket_for, choose_socket
+
+    rundir, qemu = registered
+    # A stand-in on the broker's consumer socket, with the guest behind it; QEMU's
+    # own socket has no guest, so only the brokered path can succeed.
+    with BackendStandin(broker_socket_for(qemu.socket_path)) as broker, guest(broker):
+        assert choose_socket(qemu.socket_path) == (broker.socket_path, True)
+        code, _out, err = send(rundir, "--timeout", "10")
+    assert (code, err) == (0, "")
+    assert qemu.connections == 0 and broker.connections == 1

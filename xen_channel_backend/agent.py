@@ -1,0 +1,522 @@
+"""The dom0 side of a channel: a protocol v1 client and ``xen-channel send``.
+
+A write to QEMU's channel socket "succeeds" whether or not anything in the
+guest reads it (CloudStack 3333, FACTS §5), so nothing here counts as
+delivered until the guest agent's ``ack`` for that request id comes back.
+And because QEMU keeps the guest side open across dom0 reconnects, a new
+client can meet stale or half-written bytes (why qemu-ga has
+``guest-sync-delimited``): every connect and every timeout is followed by a
+fresh ``hello`` whose random nonce tells the one true ``hello-ack`` apart
+from stale ones.  The wire rules are in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import protocol
+from .errors import (
+    AckTimeout,
+    ChannelUnavailable,
+    ConfigRefused,
+    InputError,
+    InvalidMessage,
+    ProtocolViolation,
+    UnknownDomain,
+    UnsupportedChannel,
+    XenChannelError,
+    shown,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .console import Streams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_RETRIES = 5
+DEFAULT_BACKOFF = 0.2
+#: Backoff doubles per attempt up to this, so a bounded retry stays bounded in time.
+MAX_BACKOFF = 5.0
+_READ_SIZE = 65536
+
+
+def broker_socket_for(qemu_socket_path: str) -> str:
+    """Where a running broker serves consumers of this channel.
+
+    The naming rule lives in broker.py, next to the code that binds the
+    socket; this name is the one the client uses, so both always agree.
+    """
+    from .broker import broker_socket_for as rule  # lazily: only `send` needs it
+
+    return rule(qemu_socket_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentInfo:
+    """What the guest agent said about itself in its hello-ack."""
+
+    name: str
+    version: str
+    protocol_version: int
+    capabilities: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemResult:
+    item: str
+    status: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AckResult:
+    """The guest's ack of one config: every item applied or unchanged."""
+
+    id: str
+    status: str
+    results: tuple[ItemResult, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "results": [dataclasses.asdict(r) for r in self.results],
+        }
+
+
+class ChannelClient:
+    """A protocol v1 client on one channel's Unix socket (QEMU's or the broker's).
+
+    ``label`` names the channel in error messages (default: the path).
+    Not thread-safe: one request at a time, like the protocol itself.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        label: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
+    ) -> None:
+        self.path = path
+        self.label = label or f"channel socket {shown(path)}"
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.agent: AgentInfo | None = None
+        self._sock: socket.socket | None = None
+        self._decoder = protocol.FrameDecoder()
+        self._synced = False
+
+    # --- connection --------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect with bounded retry: ``retries`` more attempts, backoff doubling.
+
+        A missing socket or a refused connect is retried, since QEMU may
+        still be creating the socket while the domain starts.  EACCES is
+        not: retrying a permission error only hides it (FACTS §5).
+        """
+        self.close()
+        delay = self.backoff
+        attempt = 0
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(self.connect_timeout)
+            try:
+                sock.connect(self.path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                if attempt >= self.retries:
+                    reason = (
+                        "no such socket (is the domain running?)"
+                        if isinstance(exc, FileNotFoundError)
+                        else "connection refused (no QEMU or broker listening)"
+                    )
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise ChannelUnavailable(self.path, reason + tries) from None
+                log.debug("%s: %s; retrying in %.2f s", self.label, exc.strerror, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                attempt += 1
+                continue
+            except PermissionError:
+                sock.close()
+                raise ChannelUnavailable(self.path, "permission denied") from None
+            except TimeoutError:
+                sock.close()
+                raise ChannelUnavailable(
+                    self.path, f"connect timed out after {self.connect_timeout:g} s"
+                ) from None
+            except OSError as exc:
+                sock.close()
+                raise ChannelUnavailable(self.path, exc.strerror or str(exc)) from None
+            self._sock = sock
+            self._decoder.reset()
+            self._synced = False
+            return
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._synced = False
+
+    def __enter__(self) -> ChannelClient:
+        if self._sock is None:
+            self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- requests ------------------------------------------------------------
+
+    def handshake(self, timeout: float) -> AgentInfo:
+        """Send hello with a fresh nonce; discard everything until ITS hello-ack.
+
+        Anything else that arrives first - stale bytes, half frames, acks
+        and hello-acks meant for an earlier client - is left over from
+        before this connection and is dropped (logged at debug level).
+        """
+        if self._sock is None:
+            self.connect()
+        self._synced = False
+        nonce = protocol.new_nonce()
+        self._send(protocol.hello(nonce), nonce, timeout)
+
+        def match(message: dict[str, Any]) -> bool:
+            kind = message.get("type")
+            if kind == protocol.HELLO_ACK:
+                return message.get("nonce") == nonce
+            # No common version: the guest answers the hello with this error
+            # (id = our nonce, or null from agents that do not echo it).
+            return (
+                kind == protocol.ERROR
+                and message.get("code") == "unsupported-version"
+                and message.get("id") in (nonce, None)
+            )
+
+        reply = self._wait(match, nonce, timeout, strict=False)
+        if reply.get("type") == protocol.ERROR:
+            raise ProtocolViolation(
+                self.label,
+                "the guest agent speaks none of the protocol versions we offer "
+                f"{list(protocol.PROTOCOL_VERSIONS)}: {shown(reply.get('message'))}",
+            )
+        problems = protocol.validate_hello_ack(reply)
+        if problems:
+            raise ProtocolViolation(self.label, "bad hello-ack: " + "; ".join(problems))
+        agent = reply["agent"]
+        self.agent = AgentInfo(
+            name=agent["name"],
+            version=agent["version"],
+            protocol_version=reply["version"],
+            capabilities=tuple(reply["capabilities"]),
+        )
+        self._synced = True
+        log.debug("%s: handshake done with %s %s", self.label, self.agent.name, self.agent.version)
+        return self.agent
+
+    def send_config(self, payload: Mapping[str, Any], timeout: float) -> AckResult:
+        """Push a config; return only on the guest's ack of it with status "ok".
+
+        Raises ConfigRefused for status "error" (rejected whole) or
+        "partial" (some items not applied; the exception keeps the
+        results), AckTimeout when no ack comes, ProtocolViolation for a
+        malformed answer.
+        """
+        problems = protocol.validate_config_payload(payload)
+        if problems:
+            raise InvalidMessage(protocol.CONFIG, "; ".join(problems))
+        request_id = protocol.new_id()
+        reply = self._request(protocol.config(request_id, payload), request_id, timeout)
+        if reply.get("type") != protocol.ACK:
+            self._raise_error_reply(reply, "config")
+        problems = protocol.validate_ack(reply)
+        if problems:
+            raise ProtocolViolation(self.label, "bad ack: " + "; ".join(problems))
+        results = [dict(r) for r in reply.get("results", [])]
+        if reply["status"] != "ok":
+            raise ConfigRefused(self.label, reply["status"], reply.get("error"), results)
+        return AckResult(
+            id=request_id,
+            status=reply["status"],
+            results=tuple(
+                ItemResult(r["item"], r["status"], str(r.get("detail", ""))) for r in results
+            ),
+        )
+
+    def ping(self, timeout: float) -> float:
+        """Round trip of a ping to the guest agent, in seconds."""
+        request_id = protocol.new_id()
+        started = time.monotonic()
+        reply = self._request(protocol.ping(request_id), request_id, timeout)
+        if reply.get("type") != protocol.PONG:
+            self._raise_error_reply(reply, "ping")
+        return time.monotonic() - started
+
+    # --- plumbing ------------------------------------------------------------
+
+    def _request(self, message: dict[str, Any], request_id: str, timeout: float) -> dict[str, Any]:
+        if not self._synced:
+            self.handshake(timeout)
+        self._send(message, request_id, timeout)
+        reply_type = {protocol.CONFIG: protocol.ACK, protocol.PING: protocol.PONG}[message["type"]]
+
+        def match(reply: dict[str, Any]) -> bool:
+            return reply.get("id") == request_id and reply.get("type") in (
+                reply_type,
+                protocol.ERROR,
+            )
+
+        return self._wait(match, request_id, timeout, strict=True)
+
+    def _raise_error_reply(self, reply: dict[str, Any], what: str) -> None:
+        code, text = reply.get("code"), reply.get("message")
+        if what == "config" and code == "bad-request":
+            raise ConfigRefused(self.label, "error", f"bad-request: {text}")
+        raise ProtocolViolation(
+            self.label,
+            f"the guest agent answered our {what} with error {shown(code)}: {shown(text)}",
+        )
+
+    def _send(self, message: dict[str, Any], request_id: str, timeout: float) -> None:
+        assert self._sock is not None
+        frame = protocol.encode(message)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.sendall(frame)
+        except TimeoutError:
+            # QEMU stopped reading: the guest's ring is full and nobody drains it.
+            self._synced = False
+            raise AckTimeout(self.label, request_id, timeout) from None
+        except OSError as exc:
+            raise self._lost(exc) from None
+
+    def _wait(
+        self,
+        match: Callable[[dict[str, Any]], bool],
+        request_id: str,
+        timeout: float,
+        *,
+        strict: bool,
+    ) -> dict[str, Any]:
+        """Read until a message satisfies ``match``; drop the rest.
+
+        ``strict`` (after the handshake): a frame the guest got wrong is a
+        protocol violation reported at once, rather than a timeout later.
+        Before the handshake such frames may be stale and are dropped.
+        """
+        assert self._sock is not None
+        deadline = time.monotonic() + timeout
+        pending: list[dict[str, Any] | protocol.FrameError] = []
+        while True:
+            while pending:
+                item = pending.pop(0)
+                if isinstance(item, protocol.FrameError):
+                    if strict:
+                        self._synced = False
+                        raise ProtocolViolation(
+                            self.label, f"guest sent {item.code}: {item.detail}"
+                        )
+                    log.debug("%s: dropped before handshake: %s", self.label, item.detail)
+                    continue
+                if match(item):
+                    return item
+                if strict and self._answers_us(item):
+                    self._synced = False
+                    raise ProtocolViolation(
+                        self.label,
+                        f"the guest agent could not read our request: {item.get('code')}: "
+                        f"{shown(item.get('message'))}",
+                    )
+                log.debug("%s: ignored %s message", self.label, shown(item.get("type")))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._synced = False  # resync (new hello) before the next request
+                raise AckTimeout(self.label, request_id, timeout)
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(_READ_SIZE)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise self._lost(exc) from None
+            if not data:
+                raise self._lost(None)
+            pending.extend(self._decoder.feed(data))
+
+    def _lost(self, exc: OSError | None) -> ChannelUnavailable:
+        """The connection ended: QEMU exited with its domain, or the broker stopped."""
+        self.close()
+        how = "" if exc is None else f" ({exc.strerror or exc})"
+        return ChannelUnavailable(
+            self.path, f"connection closed{how}: the domain or the broker went away"
+        )
+
+    @staticmethod
+    def _answers_us(message: dict[str, Any]) -> bool:
+        # An id-less error about framing answers whatever we just sent.
+        return (
+            message.get("type") == protocol.ERROR
+            and message.get("id") is None
+            and message.get("code") in ("bad-frame", "frame-too-large")
+        )
+
+
+# --- xen-channel send --------------------------------------------------------
+
+
+def find_channel_socket(rundir: str, domain: str, channel: str) -> str:
+    """QEMU's socket path for ``channel`` of ``domain`` (name or UUID), from the registry."""
+    from .model import Connection, validate_path
+    from .registry import RUNNING, Registry  # lazily: only `send` needs the registry
+
+    record = Registry(rundir).get(domain)
+    if record is None:
+        raise UnknownDomain(domain)
+    for entry in record.channels:
+        if entry.name != channel:
+            continue
+        if entry.connection != Connection.SOCKET or not entry.path:
+            raise UnsupportedChannel(
+                channel,
+                f"of domain {shown(record.name)} is a {entry.connection} channel; "
+                "only socket channels carry the protocol",
+            )
+        if record.state != RUNNING:
+            raise ChannelUnavailable(
+                entry.path, f"domain {shown(record.name)} is {record.state}, not running"
+            )
+        validate_path(entry.path, channel)
+        return entry.path
+    names = ", ".join(shown(c.name) for c in record.channels if c.name) or "none"
+    raise UnsupportedChannel(
+        channel, f"domain {shown(record.name)} has no such channel (it has: {names})"
+    )
+
+
+def choose_socket(qemu_socket: str) -> tuple[str, bool]:
+    """The broker's consumer socket when a broker serves it, else QEMU's own.
+
+    QEMU serves one client at a time, so while the broker runs it holds
+    QEMU's socket and every other tool must go through the broker.
+    """
+    try:
+        brokered = broker_socket_for(qemu_socket)
+    except XenChannelError:
+        return qemu_socket, False
+    try:
+        if stat.S_ISSOCK(os.stat(brokered).st_mode):
+            return brokered, True
+    except OSError:
+        pass
+    return qemu_socket, False
+
+
+def _load_payload(spec: str, streams: Streams) -> dict[str, Any]:
+    from .console import read_input
+
+    data, label = read_input(spec, streams)
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(label, "not UTF-8 text") from None
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        raise InputError(label, f"invalid JSON: {getattr(exc, 'msg', exc)}", line) from None
+    problems = protocol.validate_config_payload(payload)
+    if problems:
+        raise InputError(label, "; ".join(problems))
+    assert isinstance(payload, dict)
+    return payload
+
+
+def _print_results(results: list[dict[str, Any]], streams: Streams) -> None:
+    if not results:
+        streams.stdout.write("(no items)\n")
+        return
+    width = max(4, *(len(str(r.get("item"))) for r in results))
+    streams.stdout.write(f"{'ITEM':<{width}}  {'STATUS':<11}  DETAIL\n")
+    for r in results:
+        # Guest-supplied text: keep it on one line.
+        detail = str(r.get("detail", "")).replace("\n", " ").replace("\r", " ")
+        streams.stdout.write(f"{r.get('item')!s:<{width}}  {r.get('status')!s:<11}  {detail}\n")
+
+
+def run_send(args: argparse.Namespace, streams: Streams) -> int:
+    """``xen-channel send DOMAIN CHANNEL --config FILE.json [--timeout S] [--json]``.
+
+    Exit 0 only when the guest acknowledged every item (status "ok").
+    """
+    from .model import validate_name
+    from .settings import load_settings
+
+    if args.timeout <= 0:
+        from .errors import UsageError
+
+        raise UsageError("--timeout must be positive")
+    validate_name(args.channel)
+    payload = _load_payload(args.config, streams)
+    rundir = load_settings(args.rundir).rundir
+    qemu_socket = find_channel_socket(rundir, args.domain, args.channel)
+    path, brokered = choose_socket(qemu_socket)
+    label = f"domain {shown(args.domain)} channel {shown(args.channel)}"
+    log.debug("%s: sending through %s", label, "the broker" if brokered else "QEMU's socket")
+    client = ChannelClient(path, label=label)
+    try:
+        with client:
+            result = client.send_config(payload, args.timeout)
+    except ConfigRefused as exc:
+        if args.json:
+            json.dump(
+                {"status": exc.status, "error": exc.error, "results": exc.results},
+                streams.stdout,
+                indent=2,
+            )
+            streams.stdout.write("\n")
+        elif exc.results:
+            _print_results(exc.results, streams)
+        raise
+    agent = client.agent
+    if args.json:
+        document = result.as_json()
+        if agent is not None:
+            document["agent"] = {"name": agent.name, "version": agent.version}
+        json.dump(document, streams.stdout, indent=2)
+        streams.stdout.write("\n")
+    else:
+        _print_results([dataclasses.asdict(r) for r in result.results], streams)
+    return 0
+
+
+__all__ = [
+    "AckResult",
+    "AgentInfo",
+    "ChannelClient",
+    "ItemResult",
+    "broker_socket_for",
+    "choose_socket",
+    "find_channel_socket",
+    "run_send",
+]
