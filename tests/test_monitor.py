@@ -1,0 +1,248 @@
+"""monitor.py against libvirt's real test:///default driver.
+
+The test driver emits lifecycle events for define/start/destroy/undefine
+in-process (checked here), so the monitor's real event loop, sync and
+reconcile run unchanged; the real-daemon behaviour (libvirtd killed and
+restarted, QEMU ptys, virsh) is in tests/integration/test_monitor_libvirtd.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import libvirt
+import pytest
+from monitor_fixtures import (  # noqa: F401 - the fixtures register by import
+    TEST_URI,
+    MonitorThread,
+    bound_socket,
+    conn_fixture,
+    domain_name,
+    live_metadata,
+    make_domain_xml,
+    settings_fixture,
+    wait_until,
+)
+
+from xen_channel_backend import metadata
+from xen_channel_backend.cli import main
+from xen_channel_backend.model import Channel, Connection, Target
+from xen_channel_backend.monitor import Monitor, remove_domain_files
+from xen_channel_backend.paths import domain_socket_dir, socket_path
+from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
+from xen_channel_backend.settings import Settings
+
+PTY = Channel("org.example.console", Connection.PTY, target=Target.VIRTIO)
+
+
+def socket_channel(settings: Settings, uuid: str, name: str = "org.example.agent.0") -> Channel:
+    return Channel(name, Connection.SOCKET, socket_path(settings, uuid, name), target=Target.VIRTIO)
+
+
+def record_state(settings: Settings, uuid: str) -> str | None:
+    record = Registry(settings.rundir).get(uuid)
+    return record.state if record is not None else None
+
+
+def test_lifecycle_events_drive_live_metadata_and_registry(settings: Settings, conn: Any) -> None:
+    uuid = "5a1c0000-0000-4000-8000-000000000001"
+    channels = [socket_channel(settings, uuid), PTY]
+    with MonitorThread(settings):
+        domain = conn.defineXML(make_domain_xml(domain_name("life"), channels, uuid))
+        try:
+            domain.create()
+            wait_until(lambda: live_metadata(domain) is not None, "live metadata after start")
+            live = live_metadata(domain)
+            assert live == metadata.Metadata(tuple(channels), "running")
+            wait_until(lambda: record_state(settings, uuid) == "running", "a running record")
+            record = Registry(settings.rundir).get(uuid)
+            assert record is not None and record.driver == "test"
+            assert [c.name for c in record.channels] == [c.name for c in channels]
+
+            domain.destroy()
+            wait_until(lambda: record_state(settings, uuid) == "stopped", "the stopped record")
+            # The persistent copy is untouched by the live writes: no state.
+            config = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata.NAMESPACE,
+                                     libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            assert metadata.parse_metadata(config) == metadata.Metadata(tuple(channels), None)
+        finally:
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+        wait_until(lambda: record_state(settings, uuid) is None, "the record removed at undefine")
+
+
+def test_transient_domain_is_forgotten_when_destroyed(settings: Settings, conn: Any) -> None:
+    uuid = "5a1c0000-0000-4000-8000-000000000002"
+    channel = socket_channel(settings, uuid)
+    bound_socket(channel.path or "")
+    with MonitorThread(settings):
+        domain = conn.createXML(make_domain_xml(domain_name("transient"), [channel], uuid), 0)
+        wait_until(lambda: record_state(settings, uuid) == "running", "a running record")
+        domain.destroy()
+        wait_until(lambda: record_state(settings, uuid) is None, "the record removed")
+    assert not os.path.exists(domain_socket_dir(settings, uuid))
+
+
+def test_domain_without_our_metadata_or_record_is_left_alone(settings: Settings,
+                                                             conn: Any) -> None:
+    name = domain_name("foreign")
+    xml = (f"<domain type='test'><name>{name}</name><memory>65536</memory>"
+           "<os><type>hvm</type></os></domain>")
+    monitor = Monitor(TEST_URI, settings, Registry(settings.rundir))
+    monitor.connect()
+    domain = conn.createXML(xml, 0)
+    try:
+        monitor.sync(domain.UUIDString())
+        assert live_metadata(domain) is None
+        assert Registry(settings.rundir).list() == []
+    finally:
+        domain.destroy()
+        monitor.close()
+
+
+def test_invalid_live_metadata_is_reported_and_replaced(
+    settings: Settings, conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    uuid = "5a1c0000-0000-4000-8000-000000000003"
+    domain = conn.createXML(make_domain_xml(domain_name("edited"), [PTY], uuid), 0)
+    registry = Registry(settings.rundir)
+    registry.put(DomainRecord(uuid, domain.name(), "test", "running",
+                              (ChannelRecord.from_channel(PTY),)))
+    hand_edit = '<channels><channel name="../evil" connection="pty" target="xen"/></channels>'
+    domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, hand_edit, metadata.PREFIX,
+                       metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            monitor.sync(uuid)
+        assert live_metadata(domain) == metadata.Metadata((PTY,), "running")
+        assert any("invalid xen-channel metadata" in r.getMessage() for r in caplog.records)
+    finally:
+        domain.destroy()
+        monitor.close()
+
+
+def test_reconcile_removes_stale_records_only_inside_the_rundir(
+    settings: Settings, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(settings.rundir)
+    stale = "5a1c0000-0000-4000-8000-0000000000aa"
+    inside = socket_channel(settings, stale)
+    outside_path = str(tmp_path / "outside.sock")
+    bound_socket(inside.path or "")
+    bound_socket(outside_path)
+    outside = Channel("org.example.outside", Connection.SOCKET, outside_path, target=Target.VIRTIO)
+    registry.put(DomainRecord(stale, "gone", "test", "running", (
+        ChannelRecord.from_channel(inside, created_dir=True),
+        ChannelRecord.from_channel(outside, created_dir=True),
+    )))
+    # A record of another driver's domain: this connection cannot see it, so it stays.
+    other = "5a1c0000-0000-4000-8000-0000000000bb"
+    registry.put(DomainRecord(other, "xen-guest", "libxl", "running", ()))
+
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            report = monitor.reconcile()
+    finally:
+        monitor.close()
+    assert report.removed == [stale]
+    assert registry.get(stale) is None
+    assert registry.get(other) is not None
+    assert not os.path.exists(domain_socket_dir(settings, stale))
+    assert os.path.exists(outside_path)  # outside the run directory: never touched
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'gone'" in m and "no longer exists" in m and stale in m for m in messages)
+
+
+def test_remove_domain_files_leaves_non_sockets(settings: Settings) -> None:
+    uuid = "5a1c0000-0000-4000-8000-0000000000cc"
+    channel = socket_channel(settings, uuid)
+    path = channel.path or ""
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("an admin's file, not a socket")
+    record = DomainRecord(uuid, "d", "test", "running",
+                          (ChannelRecord.from_channel(channel, created_dir=True),))
+    assert remove_domain_files(settings, record) == []
+    assert os.path.isfile(path)
+
+
+def test_second_reconcile_with_no_changes_does_no_work(settings: Settings, conn: Any) -> None:
+    uuid = "5a1c0000-0000-4000-8000-000000000004"
+    domain = conn.createXML(make_domain_xml(domain_name("steady"), [PTY], uuid), 0)
+    monitor = Monitor(TEST_URI, settings, Registry(settings.rundir))
+    monitor.connect()
+    try:
+        first = monitor.reconcile()
+        assert uuid in first.synced
+        assert live_metadata(domain) == metadata.Metadata((PTY,), "running")
+        assert monitor.reconcile().synced == []
+    finally:
+        domain.destroy()
+        monitor.close()
+
+
+def test_connect_failure_is_retried_with_backoff(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitor = Monitor("test:///nonexistent/xcb-no-such-file.xml", settings,
+                      Registry(settings.rundir))
+    attempts: list[str] = []
+
+    class StopAfterTwo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            attempts.append(record.getMessage())
+            if len(attempts) == 2:
+                monitor.stop()
+
+    handler = StopAfterTwo()
+    logging.getLogger("xen_channel_backend.monitor").addHandler(handler)
+    try:
+        assert monitor.connect_with_backoff() is False
+    finally:
+        logging.getLogger("xen_channel_backend.monitor").removeHandler(handler)
+        monitor.close()
+    assert "retrying in 0.5 s" in attempts[0]
+    assert "retrying in 1.0 s" in attempts[1]
+
+
+def test_cli_rejects_a_non_positive_interval(settings: Settings, capsys: Any) -> None:
+    import io
+
+    err = io.StringIO()
+    code = main(["monitor", "--rundir", settings.rundir, "--connect", TEST_URI,
+                 "--reconcile-interval", "0"], stdout=io.StringIO(), stderr=err)
+    assert code == 2
+    assert err.getvalue().startswith("xen-channel: error: --reconcile-interval")
+
+
+def test_monitor_process_exits_cleanly_on_sigterm(settings: Settings) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xen_channel_backend", "monitor", "--connect", TEST_URI,
+         "--rundir", settings.rundir, "--reconcile-interval", "0.2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "XEN_CHANNEL_CONFIG": "/dev/null"},
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "following domain events" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    out, rest = process.communicate(timeout=30)
+    lines.extend(rest.splitlines(keepends=True))
+    assert process.returncode == 0, lines
+    assert out == ""
+    assert all(line.startswith("xen-channel: ") for line in lines), lines
+    assert "received SIGTERM" in "".join(lines)
+    assert lines[-1].strip() == "xen-channel: monitor stopped"
