@@ -336,3 +336,15 @@ class InvalidUUID(XenChannelError):
 
     def message(self) -> str:
         return f"domain UUID {shown(self.value)} is not a UUID (32 hex digits)"
+
+
+class NoSuchDomain(XenChannelError):
+    """libvirt at ``uri`` has no domain with this name or UUID (api.remote_channels)."""
+
+    def __init__(self, uri: str, domain: str) -> None:
+        super().__init__(uri, domain)
+        self.uri = uri
+        self.domain = domain
+
+    def message(self) -> str:
+        return f"libvirt at {shown(self.uri)} has no domain {shown(self.domain)}"
