@@ -202,6 +202,20 @@ def test_stale_hello_ack_with_another_nonce_is_ignored(qemu: BackendStandin) -> 
         assert client.handshake(WAIT).name == "fake-guest"
 
 
+def test_hello_is_repeated_when_the_first_one_is_lost(qemu: BackendStandin) -> None:
+    # A guest agent that opens its tty after our hello flushes it unread
+    # (TCSAFLUSH); here the agent simply ignores the first one.
+    def deaf_at_first(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] == "hello" and fake.kinds().count("hello") == 1:
+            return []
+        return well_behaved(message)
+
+    with guest(qemu, deaf_at_first) as fake, client_for(qemu, hello_interval=0.05) as client:
+        assert client.handshake(WAIT).name == "fake-guest"
+    assert fake.kinds()[:2] == ["hello", "hello"]
+    assert fake.seen[0]["nonce"] != fake.seen[1]["nonce"]
+
+
 def test_ack_timeout_then_resync_ignores_the_late_ack(qemu: BackendStandin) -> None:
     held: list[dict[str, Any]] = []
 
@@ -537,3 +551,47 @@ def test_send_goes_through_the_broker_socket_when_one_exists(
         code, _out, err = send(rundir, "--timeout", "10")
     assert (code, err) == (0, "")
     assert qemu.connections == 0 and broker.connections == 1
+
+
+# --- against the real guest agent --------------------------------------------------
+
+
+def test_send_to_the_real_guest_agent(
+    registered: tuple[str, BackendStandin], tmp_path: Path
+) -> None:
+    """`xen-channel send` -> QEMU stand-in -> pty -> xen-channel-guest, applied under a root."""
+    import json
+    import subprocess
+    import sys
+
+    rundir, qemu = registered
+    devdir, root = tmp_path / "dev", tmp_path / "root"
+    devdir.mkdir()
+    root.mkdir()
+    # What the guest's udev helper does: /dev/xen-channel/NAME -> /dev/hvcN.
+    (devdir / CHANNEL).symlink_to(qemu.guest_tty)
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from xen_channel_backend.guest_agent import main; sys.exit(main())",
+            "--channel", CHANNEL, "--root", str(root), "--devdir", str(devdir), "--once",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        code, out, err = send(rundir, "--json", "--timeout", "20", config={"hostname": "vm1"})
+        assert agent.wait(timeout=20) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        assert agent.stderr is not None
+        agent_log = agent.stderr.read()
+        agent.stderr.close()
+    assert (code, err) == (0, ""), agent_log
+    document = json.loads(out)
+    assert document["agent"]["name"] == "xen-channel-guest"
+    assert [(r["item"], r["status"]) for r in document["results"]] == [("hostname", "applied")]
+    assert (root / "etc" / "hostname").read_text().strip() == "vm1"

@@ -49,6 +49,8 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 0.2
 #: Backoff doubles per attempt up to this, so a bounded retry stays bounded in time.
 MAX_BACKOFF = 5.0
+#: Repeat an unanswered hello this often during a handshake (see handshake()).
+DEFAULT_HELLO_INTERVAL = 1.0
 _READ_SIZE = 65536
 
 
@@ -111,8 +113,10 @@ class ChannelClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
+        hello_interval: float = DEFAULT_HELLO_INTERVAL,
     ) -> None:
         self.path = path
+        self.hello_interval = hello_interval
         self.label = label or f"channel socket {shown(path)}"
         self.connect_timeout = connect_timeout
         self.retries = retries
@@ -192,31 +196,50 @@ class ChannelClient:
     # --- requests ------------------------------------------------------------
 
     def handshake(self, timeout: float) -> AgentInfo:
-        """Send hello with a fresh nonce; discard everything until ITS hello-ack.
+        """Send hello with a fresh nonce; discard everything until a hello-ack echoing it.
 
         Anything else that arrives first - stale bytes, half frames, acks
         and hello-acks meant for an earlier client - is left over from
         before this connection and is dropped (logged at debug level).
+
+        The hello is repeated, each time with a new nonce, every
+        ``hello_interval`` seconds until ``timeout``: a guest agent that
+        opens its tty just after our hello was written puts the tty in raw
+        mode with TCSAFLUSH, which discards that hello unread.  A hello-ack
+        for any nonce of this handshake is current (it was sent after this
+        connection began), so each stays accepted.
         """
         if self._sock is None:
             self.connect()
         self._synced = False
-        nonce = protocol.new_nonce()
-        self._send(protocol.hello(nonce), nonce, timeout)
+        nonces: list[str] = []
+        deadline = time.monotonic() + timeout
 
         def match(message: dict[str, Any]) -> bool:
             kind = message.get("type")
             if kind == protocol.HELLO_ACK:
-                return message.get("nonce") == nonce
+                return message.get("nonce") in nonces
             # No common version: the guest answers the hello with this error
             # (id = our nonce, or null from agents that do not echo it).
             return (
                 kind == protocol.ERROR
                 and message.get("code") == "unsupported-version"
-                and message.get("id") in (nonce, None)
+                and (message.get("id") is None or message.get("id") in nonces)
             )
 
-        reply = self._wait(match, nonce, timeout, strict=False)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AckTimeout(self.label, nonces[0], timeout)
+            nonces.append(protocol.new_nonce())
+            self._send(protocol.hello(nonces[-1]), nonces[0], remaining)
+            try:
+                reply = self._wait(
+                    match, nonces[0], min(self.hello_interval, remaining), strict=False
+                )
+                break
+            except AckTimeout:
+                log.debug("%s: no hello-ack yet; repeating hello", self.label)
         if reply.get("type") == protocol.ERROR:
             raise ProtocolViolation(
                 self.label,
