@@ -1,0 +1,199 @@
+"""``xen-channel fill`` and ``xen-channel define``: give channels their socket paths.
+
+``fill`` turns a domain definition into one whose unix channels all have a
+path before libvirt ever sees it.  That has to happen here, ahead of time:
+at prepare/start the hook may not change the XML (FACTS §1), and left alone
+libxl invents a name-keyed path with no length check (FACTS §2).
+
+* A missing ``<uuid>`` is generated (uuid4) and written in, since the path
+  policy keys every socket on the UUID (paths.py) and libvirt would otherwise
+  pick a random one at define time that our paths could not know.
+* Every Xen unix channel without a path gets ``paths.socket_path`` (with
+  ``--all-targets``, virtio unix channels too); pty channels are left alone.
+* Explicit paths are kept but must pass the model's rules and
+  ``paths.check_explicit_path`` (an allowed root; inside the run directory,
+  this domain's own directory), so ``path='/etc/passwd'`` is refused here,
+  long before a hook would refuse it.
+* Our ``<xcb:channels>`` metadata is written into the persistent definition.
+
+``define`` then hands the result to libvirt-python.  This is the only place
+in the allocation path that talks to libvirt; hooks never do (FACTS §1:
+calling back into libvirtd from a hook deadlocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import uuid as uuidlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import domxml
+from .console import Streams, read_input, write_output
+from .errors import (
+    InvalidMetadata,
+    InvalidUUID,
+    LibvirtUnavailable,
+    PathNotAllowed,
+    UnsupportedChannel,
+    XmlInputError,
+)
+from .model import Channel, Connection, Target
+from .paths import canonical_uuid, check_explicit_path, socket_path
+from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from lxml import etree
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "xen:///system"
+
+
+@dataclasses.dataclass
+class Filled:
+    """The result of :func:`fill_domain`.
+
+    ``channels`` are the managed channels (xen; with ``all_targets`` also
+    virtio) with their final paths, in document order.  ``discarded_metadata``
+    is set when an invalid ``<xcb:channels>`` (a hand edit) was replaced.
+    """
+
+    tree: etree._ElementTree
+    uuid: str
+    channels: list[Channel]
+    discarded_metadata: InvalidMetadata | None = None
+
+
+def fill_domain(
+    data: bytes, source: str, settings: Settings, *, all_targets: bool = False
+) -> Filled:
+    """Parse a domain, allocate its channel paths and write our metadata."""
+    from .metadata import set_domain_metadata
+
+    tree = domxml.parse_domain(data, source)
+    root = tree.getroot()
+    uuid = _ensure_uuid(root, source)
+    targets = (Target.XEN, Target.VIRTIO) if all_targets else (Target.XEN,)
+    channels: list[Channel] = []
+    users: dict[str, str] = {}
+    for element, channel in domxml.iter_channels(root, targets):
+        if channel.connection is Connection.SOCKET:
+            if channel.path is None:
+                if channel.name is None:
+                    raise UnsupportedChannel(
+                        None,
+                        f"{channel.target} unix channel has no target name, so no path can be "
+                        "allocated for it (add <target name='...'/>)",
+                    )
+                path = socket_path(settings, uuid, channel.name)
+                domxml.set_source_path(element, path)
+                channel = channel.with_path(path)
+            else:
+                path = channel.path
+                check_explicit_path(settings, uuid, channel.name, path)
+            key = os.path.normpath(path)
+            if key in users:
+                # QEMU unlinks whatever is at its path before binding (FACTS §2):
+                # two channels on one path would silently take each other's socket.
+                raise PathNotAllowed(
+                    channel.name, key, f"is also the path of channel {users[key]!r}"
+                )
+            users[key] = channel.label
+        channels.append(channel)
+    discarded = set_domain_metadata(root, channels)
+    return Filled(tree, uuid, channels, discarded)
+
+
+def _ensure_uuid(root: etree._Element, source: str) -> str:
+    from lxml import etree
+
+    element = root.find("uuid")
+    if element is not None and element.text and element.text.strip():
+        try:
+            return canonical_uuid(element.text)
+        except InvalidUUID as exc:
+            raise XmlInputError(source, exc.message()) from None
+    generated = str(uuidlib.uuid4())
+    if element is None:
+        # libvirt's order is <name> then <uuid> (virDomainDefFormatInternal).
+        element = etree.Element("uuid")
+        name = root.find("name")
+        if name is not None:
+            element.tail = name.tail
+            root.insert(root.index(name) + 1, element)
+        else:
+            element.tail = root.text
+            root.insert(0, element)
+    element.text = generated
+    log.debug("%s: no <uuid>; generated %s", source, generated)
+    return generated
+
+
+def _filled(args: argparse.Namespace, streams: Streams) -> Filled:
+    settings = load_settings(args.rundir)
+    data, label = read_input(args.input, streams)
+    filled = fill_domain(data, label, settings, all_targets=args.all_targets)
+    if filled.discarded_metadata is not None:
+        streams.warn(f"replaced invalid metadata: {filled.discarded_metadata.message()}")
+    return filled
+
+
+def run_fill(args: argparse.Namespace, streams: Streams) -> int:
+    """``xen-channel fill``: print (or write with ``-o``) the filled domain XML."""
+    filled = _filled(args, streams)
+    write_output(domxml.serialize(filled.tree), args.output, streams)
+    return 0
+
+
+def libvirt_uri(requested: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """``--connect``, else ``$LIBVIRT_DEFAULT_URI``, else xen:///system."""
+    return requested or environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
+
+
+def define_xml(conn: Any, xml: str, uri: str) -> Any:
+    """Define ``xml`` on an open libvirt connection; return the virDomain."""
+    import libvirt
+
+    try:
+        return conn.defineXML(xml)
+    except libvirt.libvirtError as exc:
+        raise LibvirtUnavailable(uri, f"cannot define the domain: {_one_line(exc)}") from None
+
+
+def open_libvirt(uri: str) -> Any:
+    """Open a read-write libvirt connection, or raise a one-line LibvirtUnavailable."""
+    try:
+        import libvirt
+    except ImportError:
+        raise LibvirtUnavailable(
+            uri, "libvirt-python is not installed (pip install 'xen-channel-backend[libvirt]')"
+        ) from None
+    # libvirt-python prints every error to stderr by default; ours is one line.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise LibvirtUnavailable(uri, f"cannot connect: {_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception) -> str:
+    text = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+    return " ".join(str(text or exc).split())
+
+
+def run_define(args: argparse.Namespace, streams: Streams) -> int:
+    """``xen-channel define``: fill the domain, then define it through libvirt."""
+    filled = _filled(args, streams)
+    uri = libvirt_uri(args.connect)
+    conn = open_libvirt(uri)
+    try:
+        domain = define_xml(conn, domxml.serialize(filled.tree), uri)
+        name = domain.name()
+    finally:
+        conn.close()
+    print(f"Domain {name!r} ({filled.uuid}) defined on {uri}", file=streams.stdout)
+    return 0
