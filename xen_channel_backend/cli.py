@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("install-hooks", "install:run_install_hooks", "install the libvirt hook shims")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
     p.add_argument("--uninstall", action="store_true", help="remove our shims")
+    p.add_argument("--config", metavar="FILE",
+                   help="make the hooks read this settings file (libvirt passes them no "
+                        "environment, so $XEN_CHANNEL_CONFIG cannot reach them)")
 
     p = command("doctor", "doctor:run", "check this host's set-up")
     _rundir(p)

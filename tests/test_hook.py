@@ -1,0 +1,409 @@
+"""Every hook operation through hook.main(), including hostile XML.
+
+Real parts throughout: a real run directory on disk, the real registry and
+settings modules, real Unix sockets for the stale-socket cases.
+"""
+
+from __future__ import annotations
+
+import grp
+import io
+import json
+import os
+import socket
+import stat
+from typing import Any
+
+import pytest
+from hook_fixtures import HookHost, channel_xml, domain_xml, host, new_uuid
+
+from xen_channel_backend import hook
+from xen_channel_backend.model import Target
+from xen_channel_backend.registry import Registry
+
+__all__ = ["host"]  # the fixture, re-exported for pytest
+
+
+def call(
+    h: HookHost, driver: str, op: str, subop: str, xml: bytes | str, domain: str = "vm1"
+) -> tuple[int, str, str]:
+    data = xml.encode() if isinstance(xml, str) else xml
+    out, err = io.StringIO(), io.StringIO()
+    code = hook.main([driver, domain, op, subop, "-"], io.BytesIO(data), out, err, h.environ)
+    return code, out.getvalue(), err.getvalue()
+
+
+def xen_domain(h: HookHost, uuid: str, *names: str, name: str = "vm1") -> bytes:
+    return domain_xml(name, uuid, [
+        channel_xml("unix", "xen", n, f"{h.domain_dir(uuid)}/{n}") for n in names
+    ])
+
+
+def stale_socket(path: str) -> None:
+    """Leave a socket file behind, as a killed QEMU does."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.close()
+
+
+def record(h: HookHost, uuid: str) -> dict[str, Any] | None:
+    found = Registry(h.rundir).get(uuid)
+    return json.loads(found.to_json()) if found else None
+
+
+# --- prepare -----------------------------------------------------------------------
+
+
+def test_prepare_creates_private_dir_claims_and_records(host: HookHost) -> None:
+    uuid = new_uuid()
+    code, out, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+    assert (code, out, err) == (0, "", "")
+    info = os.lstat(host.domain_dir(uuid))
+    assert stat.S_ISDIR(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o750
+    assert (info.st_uid, info.st_gid) == (0, grp.getgrnam("nogroup").gr_gid)
+    rec = record(host, uuid)
+    assert rec is not None
+    assert rec["state"] == "preparing" and rec["driver"] == "libxl" and rec["name"] == "vm1"
+    assert rec["channels"] == [{
+        "name": "org.a.0", "connection": "socket", "path": f"{host.domain_dir(uuid)}/org.a.0",
+        "target": "xen", "created_dir": True,
+    }]
+    assert Registry(host.rundir).claim_owner(f"{host.domain_dir(uuid)}/org.a.0") == uuid
+
+
+def test_prepare_removes_a_stale_socket(host: HookHost) -> None:
+    uuid = new_uuid()
+    os.makedirs(host.domain_dir(uuid))
+    path = f"{host.domain_dir(uuid)}/org.a.0"
+    stale_socket(path)
+    code, _, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+    assert (code, err) == (0, "")
+    assert not os.path.lexists(path)
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+def test_prepare_never_removes_anything_but_a_socket(host: HookHost, kind: str) -> None:
+    uuid = new_uuid()
+    os.makedirs(host.domain_dir(uuid))
+    path = f"{host.domain_dir(uuid)}/org.a.0"
+    if kind == "file":
+        with open(path, "w") as handle:
+            handle.write("precious")
+    elif kind == "dir":
+        os.mkdir(path)
+    else:
+        os.symlink("/etc/passwd", path)
+    code, out, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("xen-channel: error: prepare hook for domain")
+    assert "only a stale socket" in err
+    assert os.path.lexists(path)
+    if kind == "file":
+        with open(path) as handle:
+            assert handle.read() == "precious"
+    # Nothing left claimed or recorded: the path is free for a fixed retry.
+    assert record(host, uuid) is None
+    assert Registry(host.rundir).claim_owner(path) is None
+
+
+def test_prepare_refuses_etc_passwd(host: HookHost) -> None:
+    uuid = new_uuid()
+    before = os.stat("/etc/passwd")
+    xml = domain_xml("evil", uuid, [channel_xml("unix", "xen", "org.a.0", "/etc/passwd")])
+    code, out, err = call(host, "libxl", "prepare", "begin", xml, domain="evil")
+    assert code == 1 and out == ""
+    assert "'/etc/passwd' is outside the allowed roots" in err and err.count("\n") == 1
+    assert os.stat("/etc/passwd") == before
+    assert record(host, uuid) is None
+
+
+def test_prepare_refuses_another_domains_directory(host: HookHost) -> None:
+    uuid, other = new_uuid(), new_uuid()
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(other)}/org.a.0"),
+    ])
+    code, _, err = call(host, "libxl", "prepare", "begin", xml)
+    assert code == 1 and "not in this domain's directory" in err
+
+
+@pytest.mark.parametrize("bad", [
+    ("name", "../../etc/evil"),
+    ("path", "/tmp/../etc/shadow"),
+    ("path", "relative/sock"),
+    ("name", "a b"),
+])
+def test_prepare_refuses_dot_dot_and_bad_names(host: HookHost, bad: tuple[str, str]) -> None:
+    uuid = new_uuid()
+    field, value = bad
+    name = value if field == "name" else "org.a.0"
+    path = value if field == "path" else f"{host.domain_dir(uuid)}/org.a.0"
+    xml = domain_xml("vm1", uuid, [channel_xml("unix", "xen", name, path)])
+    code, out, err = call(host, "libxl", "prepare", "begin", xml)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert not os.path.exists("/tmp/etc") and record(host, uuid) is None
+
+
+def test_prepare_does_not_follow_a_symlinked_domain_dir(host: HookHost) -> None:
+    uuid = new_uuid()
+    elsewhere = os.path.join(host.base, "elsewhere")
+    os.mkdir(elsewhere)
+    os.makedirs(host.rundir)
+    os.symlink(elsewhere, host.domain_dir(uuid))
+    stale_socket(os.path.join(elsewhere, "org.a.0"))
+    code, _, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+    assert code == 1 and "not a plain directory" in err
+    assert os.listdir(elsewhere) == ["org.a.0"]  # the socket over there survives
+    assert record(host, uuid) is None
+
+
+def test_prepare_refuses_a_symlinked_run_dir(host: HookHost) -> None:
+    uuid = new_uuid()
+    elsewhere = os.path.join(host.base, "elsewhere")
+    os.mkdir(elsewhere)
+    os.symlink(elsewhere, host.rundir)
+    code, _, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+    assert code == 1 and "run directory" in err
+    assert os.listdir(elsewhere) == []
+
+
+def test_prepare_explicit_path_in_an_extra_root(host: HookHost) -> None:
+    uuid = new_uuid()
+    path = os.path.join(host.extra_root, "vm1", "agent.sock")
+    xml = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", path)])
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    assert stat.S_IMODE(os.lstat(os.path.dirname(path)).st_mode) == 0o750
+    assert call(host, "libxl", "release", "end", xml)[0] == 0
+    assert not os.path.exists(os.path.dirname(path))
+    assert os.path.isdir(host.extra_root)
+
+
+def test_two_domains_one_path_second_fails_naming_both(host: HookHost) -> None:
+    first, second = new_uuid(), new_uuid()
+    path = os.path.join(host.extra_root, "shared.sock")
+    xml1 = domain_xml("alpha", first, [channel_xml("unix", "xen", "org.a.0", path)])
+    xml2 = domain_xml("beta", second, [channel_xml("unix", "xen", "org.a.0", path)])
+    assert call(host, "libxl", "prepare", "begin", xml1, domain="alpha")[0] == 0
+    code, _, err = call(host, "libxl", "prepare", "begin", xml2, domain="beta")
+    assert code == 1 and "'alpha'" in err and "'beta'" in err and first in err
+    assert record(host, second) is None
+    assert Registry(host.rundir).claim_owner(path) == first
+
+
+def test_failed_prepare_releases_only_what_it_claimed(host: HookHost) -> None:
+    uuid = new_uuid()
+    good = f"{host.domain_dir(uuid)}/org.a.0"
+    blocked = os.path.join(host.extra_root, "blocked")
+    with open(blocked, "w"):
+        pass
+    xml = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", good),
+                                  channel_xml("unix", "xen", "org.b.0", blocked)])
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 1
+    registry = Registry(host.rundir)
+    assert registry.claim_owner(good) is None and registry.claim_owner(blocked) is None
+    assert not os.path.exists(host.domain_dir(uuid))  # the directory it made is gone too
+    assert os.path.isfile(blocked)
+
+
+def test_prepare_without_uuid_fails(host: HookHost) -> None:
+    xml = domain_xml("vm1", None, [channel_xml("unix", "xen", "org.a.0", "/x/y")])
+    code, _, err = call(host, "libxl", "prepare", "begin", xml)
+    assert code == 1 and "<uuid>" in err
+
+
+def test_prepare_rejects_doctype(host: HookHost) -> None:
+    xml = b"<!DOCTYPE d [<!ENTITY x 'y'>]><domain><channel/></domain>"
+    code, _, err = call(host, "qemu", "prepare", "begin", xml)
+    assert code == 1 and "DOCTYPE" in err
+
+
+def test_libxl_ignores_virtio_qemu_manages_it(host: HookHost) -> None:
+    uuid = new_uuid()
+    path = f"{host.domain_dir(uuid)}/org.qemu.guest_agent.0"
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "virtio", "org.qemu.guest_agent.0", path),
+        "<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>",
+    ], domain_type="kvm")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    rec = record(host, uuid)
+    assert rec is not None and rec["channels"] == []
+    assert call(host, "libxl", "release", "end", xml)[0] == 0
+    assert call(host, "qemu", "prepare", "begin", xml)[0] == 0
+    rec = record(host, uuid)
+    assert rec is not None and [c["path"] for c in rec["channels"]] == [path]
+    assert os.path.isdir(host.domain_dir(uuid))
+
+
+# --- start / started ----------------------------------------------------------------
+
+
+def test_start_and_started_record_live_xml_as_running(host: HookHost) -> None:
+    uuid = new_uuid()
+    sock = f"{host.domain_dir(uuid)}/org.a.0"
+    defined = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", sock),
+                                      channel_xml("pty", "xen", "org.p.0")])
+    live = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", sock),
+                                   channel_xml("pty", "xen", "org.p.0", "/dev/pts/7")])
+    assert call(host, "libxl", "prepare", "begin", defined)[0] == 0
+    assert call(host, "libxl", "start", "begin", defined) == (0, "", "")
+    rec = record(host, uuid)
+    assert rec is not None and rec["state"] == "running"
+    assert call(host, "libxl", "started", "begin", live) == (0, "", "")
+    rec = record(host, uuid)
+    assert rec is not None
+    assert rec["channels"] == [
+        {"name": "org.a.0", "connection": "socket", "path": sock, "target": "xen",
+         "created_dir": True},
+        {"name": "org.p.0", "connection": "pty", "path": "/dev/pts/7", "target": "xen",
+         "created_dir": False},
+    ]
+
+
+# --- stopped / release ---------------------------------------------------------------
+
+
+def test_stopped_and_release_remove_everything_and_are_idempotent(host: HookHost) -> None:
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0", "org.b.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    stale_socket(f"{host.domain_dir(uuid)}/org.a.0")  # what QEMU leaves behind
+    assert call(host, "libxl", "stopped", "end", xml) == (0, "", "")
+    assert not os.path.exists(host.domain_dir(uuid))
+    assert record(host, uuid) is None
+    assert Registry(host.rundir).claim_owner(f"{host.domain_dir(uuid)}/org.a.0") is None
+    assert call(host, "libxl", "release", "end", xml) == (0, "", "")
+    assert call(host, "libxl", "release", "end", xml) == (0, "", "")
+
+
+def test_release_without_prepare_is_fine(host: HookHost) -> None:
+    assert call(host, "libxl", "release", "end", xen_domain(host, new_uuid(), "a.0")) == (0, "", "")
+
+
+def test_release_leaves_foreign_files_in_our_dir(host: HookHost) -> None:
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    foreign = os.path.join(host.domain_dir(uuid), "notes.txt")
+    with open(foreign, "w"):
+        pass
+    code, _, err = call(host, "libxl", "release", "end", xml)
+    assert code == 0 and "left" in err
+    assert os.path.exists(foreign) and record(host, uuid) is None
+
+
+# --- reconnect --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00\xff garbage", b"<domain><uuid>nope</uuid>",
+                                     b"<notadomain/>", b"<!DOCTYPE x><domain/>"])
+def test_reconnect_never_fails(host: HookHost, garbage: bytes) -> None:
+    code, out, err = call(host, "qemu", "reconnect", "begin", garbage)
+    assert code == 0 and out == ""
+    assert err.count("\n") <= 1
+
+
+def test_reconnect_registers_running(host: HookHost) -> None:
+    uuid = new_uuid()
+    assert call(host, "libxl", "reconnect", "begin", xen_domain(host, uuid, "org.a.0"))[0] == 0
+    rec = record(host, uuid)
+    assert rec is not None and rec["state"] == "running"
+
+
+def test_reconnect_with_a_conflicting_path_still_exits_0(host: HookHost) -> None:
+    path = os.path.join(host.extra_root, "s")
+    one, two = new_uuid(), new_uuid()
+    xml1 = domain_xml("one", one, [channel_xml("unix", "xen", "a.0", path)])
+    xml2 = domain_xml("two", two, [channel_xml("unix", "xen", "a.0", path)])
+    assert call(host, "libxl", "prepare", "begin", xml1)[0] == 0
+    code, out, err = call(host, "libxl", "reconnect", "begin", xml2, domain="two")
+    assert (code, out) == (0, "") and "already claimed" in err
+
+
+def test_reconnect_with_unreadable_settings_exits_0(host: HookHost) -> None:
+    with open(host.config, "w") as handle:
+        handle.write("not an ini file")
+    code, _, err = call(host, "libxl", "reconnect", "begin", xen_domain(host, new_uuid(), "a.0"))
+    assert code == 0 and err.count("\n") == 1
+
+
+# --- migrate / restore ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("driver", "op"), [("qemu", "migrate"), ("libxl", "migrate"),
+                                            ("qemu", "restore")])
+def test_migrate_and_restore_reallocate_our_paths(host: HookHost, driver: str, op: str) -> None:
+    uuid = new_uuid()
+    foreign_root = f"/var/run/other-host/{uuid}"
+    hand_typed = "/var/lib/libvirt/libxl/channel/target/vm1-hand"
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{foreign_root}/org.a.0"),
+        channel_xml("unix", "xen", "org.b.0", hand_typed),
+        "<channel type='pty'><target type='xen' name='org.p.0'/></channel>",
+    ])
+    code, out, err = call(host, driver, op, "begin", xml)
+    assert (code, err) == (0, "")
+    from lxml import etree
+
+    root = etree.fromstring(out.encode())
+    paths = [s.get("path") for s in root.iterfind("devices/channel/source")]
+    assert paths == [f"{host.domain_dir(uuid)}/org.a.0", hand_typed]
+    assert root.find("memory").text == "65536"  # type: ignore[union-attr]
+    # Already right for this host: no output means "unchanged" to libvirt.
+    assert call(host, driver, op, "begin", out) == (0, "", "")
+    assert record(host, uuid) is None  # migrate/restore never register
+
+
+def test_libxl_has_no_restore_hook(host: HookHost) -> None:
+    uuid = new_uuid()
+    xml = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", f"/elsewhere/{uuid}/a")])
+    assert call(host, "libxl", "restore", "begin", xml) == (0, "", "")
+
+
+def test_migrate_of_malformed_xml_fails(host: HookHost) -> None:
+    code, out, err = call(host, "qemu", "migrate", "begin", b"<domain><devices><channel")
+    assert code == 1 and out == "" and "malformed XML" in err
+
+
+# --- everything else ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("op", "subop"), [
+    ("attach", "begin"), ("prepare", "end"), ("start", "end"), ("stopped", "begin"),
+    ("release", "begin"), ("migrate", "end"), ("restore", "end"), ("bogus", "-"),
+])
+def test_other_operations_do_nothing(host: HookHost, op: str, subop: str) -> None:
+    uuid = new_uuid()
+    assert call(host, "qemu", op, subop, b"garbage, not even XML") == (0, "", "")
+    assert call(host, "qemu", op, subop, xen_domain(host, uuid, "a.0")) == (0, "", "")
+    assert not os.path.exists(host.rundir)
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["qemu", "vm1", "prepare"], ["lxc", "vm1", "prepare", "begin"]]
+)
+def test_bad_command_line_is_a_usage_error(argv: list[str]) -> None:
+    err = io.StringIO()
+    assert hook.main(argv, io.BytesIO(b""), io.StringIO(), err, {}) == 2
+    assert err.getvalue().startswith("xen-channel: error: usage:")
+
+
+def test_scan_domain_reads_only_device_channels() -> None:
+    xml = b"""<domain><name>d</name><uuid> 1B4E28BA-2FA1-11D2-883F-0016D3CCA427 </uuid>
+      <metadata><channel type='unix'><source path='/etc/x'/><target type='xen' name='m'/></channel>
+      </metadata>
+      <devices><channel type='unix'><source mode='bind' path='/run/a/b'/><source path='/x'/>
+      <target type='xen' name='n.0'/></channel></devices></domain>"""
+    scanned = hook.scan_domain(xml, [Target.XEN])
+    assert scanned.name == "d" and scanned.uuid == "1B4E28BA-2FA1-11D2-883F-0016D3CCA427"
+    assert [(c.name, c.path) for c in scanned.channels] == [("n.0", "/run/a/b")]
+
+
+def test_hook_module_imports_no_lxml() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, xen_channel_backend.hook, xen_channel_backend.registry, "
+             "xen_channel_backend.settings; print('lxml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

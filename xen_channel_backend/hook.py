@@ -1,0 +1,556 @@
+"""The libvirt hook: ``main(argv, stdin, stdout, stderr) -> int``.
+
+libvirtd runs ``/etc/libvirt/hooks/{qemu,libxl}.d/xen-channel DOMAIN OP SUBOP
+EXTRA`` with the domain XML on stdin (FACTS 1).  The shell shim (see
+install.py) answers the operations we ignore and domains without a
+``<channel`` itself; everything else arrives here as ``main([DRIVER, DOMAIN,
+OP, SUBOP, EXTRA])``.  The table :data:`HANDLERS` is the whole contract
+(docs/hooks.md):
+
+=================  ==========================================================
+prepare begin      validate and claim each unix channel path, create its
+                   directory, remove a stale socket; record ``preparing``
+start begin,       record the live XML (pty paths appear at started) as
+started begin      ``running``
+stopped end,       remove the sockets and directories we created and the
+release end        record; idempotent
+reconnect begin    re-register; ALWAYS exit 0 (a failure kills the domain)
+migrate begin,     print the XML with our channel paths re-allocated for this
+restore begin      host, or nothing when nothing changes
+=================  ==========================================================
+
+What libvirt does with the exit status (FACTS 1): non-zero at prepare, start
+or started aborts the start and libvirt shows our one stderr line; at stopped
+and release it is ignored; at reconnect it kills the running domain.  The hook
+never calls libvirt (libvirtd waits for us synchronously: a call back would
+deadlock) and prints nothing but XML on stdout.
+
+Start-up cost matters: libvirtd runs every hook synchronously.  This module
+imports only the standard library at import time; the read-only operations
+read the XML with expat (:func:`scan_domain`, ~1 ms to import) instead of
+lxml (35-50 ms here, FACTS 1); only migrate and restore, which must rewrite
+the document losslessly, load lxml through domxml.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import stat
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+from .errors import PathNotAllowed, SettingsError, XenChannelError, XmlInputError, shown
+from .model import Channel, Connection, Target
+
+if TYPE_CHECKING:
+    from .registry import ChannelRecord, DomainRecord, Registry
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROG = "xen-channel"
+DRIVERS = ("qemu", "libxl")
+#: libxl accepts only Xen channels (FACTS 2); QEMU serves virtio ones, and a
+#: Xen target on a QEMU domain is refused by QEMU at start, not by us.
+MANAGED_TARGETS: Mapping[str, tuple[Target, ...]] = {
+    "qemu": (Target.VIRTIO, Target.XEN),
+    "libxl": (Target.XEN,),
+}
+#: libvirt's ``<channel type=...>`` values that are Unix sockets or ptys;
+#: other types (spicevmc, tcp, ...) are not ours and are skipped.
+_SOURCE_TYPES = {"unix": Connection.SOCKET, "pty": Connection.PTY}
+#: virsh refuses domain XML over 10 MiB; libvirtd never sends more.
+MAX_XML_BYTES = 10 * 1024 * 1024
+SOCKET_DIR_MODE = 0o750
+
+
+# --- reading the domain XML -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannedDomain:
+    """What the read-only operations need from the domain XML."""
+
+    name: str | None
+    uuid: str | None
+    channels: tuple[Channel, ...]
+
+
+def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>") -> ScannedDomain:
+    """Read name, UUID and the unix/pty channels of ``targets`` from domain XML.
+
+    A lean read-only pass with expat, for the hook's hot path; domxml (lxml)
+    remains the module that edits XML.  Same safety rules as
+    domxml.parse_domain: DOCTYPE/ENTITY declarations are refused before
+    parsing (libvirt never emits them), and every channel becomes a validated
+    :class:`~xen_channel_backend.model.Channel`.
+    """
+    import xml.parsers.expat
+
+    if len(data) > MAX_XML_BYTES:
+        raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
+    wanted = {t.value for t in targets}
+    stack: list[str] = []
+    text: dict[str, list[str]] = {"name": [], "uuid": []}
+    found: list[dict[str, str | None]] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        stack.append(tag)
+        depth = len(stack)
+        if depth == 1 and tag != "domain":
+            raise XmlInputError(source, f"root element is <{tag}>, expected <domain>")
+        if depth == 3 and tag == "channel" and stack[1] == "devices":
+            found.append({"type": attrs.get("type"), "path": None, "target": None, "name": None,
+                          "has_source": None, "has_target": None})
+        elif depth == 4 and stack[1:3] == ["devices", "channel"]:
+            # Like ElementTree's find(): the first <source>/<target> counts.
+            current = found[-1]
+            if tag == "source" and current["has_source"] is None:
+                current["has_source"] = "1"
+                current["path"] = attrs.get("path")
+            elif tag == "target" and current["has_target"] is None:
+                current["has_target"] = "1"
+                current["target"] = attrs.get("type")
+                current["name"] = attrs.get("name")
+
+    def end(tag: str) -> None:
+        stack.pop()
+
+    def chars(data: str) -> None:
+        if len(stack) == 2 and stack[1] in text:
+            text[stack[1]].append(data)
+
+    parser = xml.parsers.expat.ParserCreate()
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    try:
+        parser.Parse(data, True)
+    except xml.parsers.expat.ExpatError as exc:
+        raise XmlInputError(
+            source, f"malformed XML: {xml.parsers.expat.ErrorString(exc.code)}", exc.lineno
+        ) from None
+    channels = []
+    for raw in found:
+        connection = _SOURCE_TYPES.get(raw["type"] or "")
+        if connection is None or raw["target"] not in wanted:
+            continue
+        channels.append(
+            Channel(name=raw["name"], connection=connection, path=raw["path"] or None,
+                    target=Target(raw["target"]))
+        )
+    name = "".join(text["name"]).strip() or None
+    uuid = "".join(text["uuid"]).strip() or None
+    return ScannedDomain(name=name, uuid=uuid, channels=tuple(channels))
+
+
+# --- one hook call ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HookCall:
+    """One invocation: argv fields, the XML bytes, the streams and the environment."""
+
+    driver: str
+    domain: str
+    op: str
+    subop: str
+    data: bytes
+    stdout: IO[str]
+    environ: Mapping[str, str]
+    _settings: Settings | None = None
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return MANAGED_TARGETS[self.driver]
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from .settings import load_settings
+
+            self._settings = load_settings(environ=self.environ)
+        return self._settings
+
+    def registry(self) -> Registry:
+        from .registry import Registry
+
+        return Registry(self.settings().rundir)
+
+    def scan(self) -> ScannedDomain:
+        return scan_domain(self.data, self.targets)
+
+    def identity(self, domain: ScannedDomain) -> tuple[str, str]:
+        """(canonical UUID, name) of the domain; libvirt always sends a UUID."""
+        from .paths import canonical_uuid
+
+        if domain.uuid is None:
+            raise XmlInputError("<stdin>", "the domain XML has no <uuid>")
+        return canonical_uuid(domain.uuid), domain.name or self.domain
+
+
+def _record(
+    call: HookCall, uuid: str, name: str, state: str, channels: Sequence[ChannelRecord]
+) -> DomainRecord:
+    from .registry import DomainRecord
+
+    return DomainRecord(uuid=uuid, name=name, driver=call.driver, state=state,
+                        channels=tuple(channels))
+
+
+# --- prepare ----------------------------------------------------------------------
+
+
+def prepare(call: HookCall) -> int:
+    """Validate, claim, create directories, clear stale sockets, record ``preparing``.
+
+    The claim comes before any filesystem change: when two domains race for
+    one path, the loser must not delete the winner's socket (QEMU unlinks
+    whatever sits at its path before binding, FACTS 2).
+    """
+    from .paths import check_explicit_path
+    from .registry import PREPARING, ChannelRecord
+
+    domain = call.scan()
+    uuid, name = call.identity(domain)
+    settings = call.settings()
+    _check_rundir(settings)
+    sockets = [c for c in domain.channels if c.connection is Connection.SOCKET and c.path]
+    for channel in sockets:
+        assert channel.path is not None
+        check_explicit_path(settings, uuid, channel.name, channel.path)
+    registry = call.registry()
+    previous = registry.get(uuid)
+    record = _record(call, uuid, name, PREPARING,
+                     [ChannelRecord.from_channel(c) for c in domain.channels])
+    registry.claim_paths(record)
+    created: list[str] = []
+    try:
+        gid = _group_id(settings)
+        made_dirs: set[str] = set()
+        for channel in sockets:
+            assert channel.path is not None
+            made_dirs.update(_prepare_socket_dir(settings, uuid, channel, gid, created))
+        channels = [
+            ChannelRecord.from_channel(
+                c, created_dir=c.path is not None and c.connection is Connection.SOCKET
+                and os.path.dirname(c.path) in made_dirs,
+            )
+            for c in domain.channels
+        ]
+        registry.put(_record(call, uuid, name, PREPARING, channels))
+    except BaseException:
+        # Undo exactly this call: its directories, and its claims (back to
+        # what the domain held before, or none).
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        if previous is None:
+            registry.remove(uuid)
+        else:
+            registry.claim_paths(previous)
+        raise
+    return 0
+
+
+def _check_rundir(settings: Settings) -> None:
+    # make_dirs_nofollow trusts the run directory itself; a symlink there would
+    # send every domain's sockets wherever it points, so refuse it.
+    try:
+        info = os.lstat(settings.rundir)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise PathNotAllowed(None, settings.rundir,
+                             "(the run directory) is not a plain directory (a symlink?)")
+
+
+def _group_id(settings: Settings) -> int | None:
+    if settings.group is None:
+        return None
+    if settings.group.isdigit():
+        return int(settings.group)
+    import grp
+
+    try:
+        return grp.getgrnam(settings.group).gr_gid
+    except KeyError:
+        raise SettingsError("group", f"group {shown(settings.group)} does not exist") from None
+
+
+def _root_of(settings: Settings, path: str) -> str:
+    from .paths import is_within
+
+    roots = [r for r in settings.allowed_roots if is_within(path, (r,), strict=True)]
+    if not roots:  # pragma: no cover - check_explicit_path ran first
+        raise PathNotAllowed(None, path, "is outside the allowed roots")
+    return max(roots, key=len)
+
+
+def _prepare_socket_dir(
+    settings: Settings, uuid: str, channel: Channel, gid: int | None, created: list[str]
+) -> set[str]:
+    """Create the socket's directory (no symlinks) and clear a stale socket.
+
+    Returns the directories that count as ours for release: those created
+    now, and the domain's own directory under the run directory (named by its
+    UUID, it belongs to no one else, so a leftover from a crash is ours too).
+    """
+    from .paths import domain_socket_dir, make_dirs_nofollow
+
+    assert channel.path is not None
+    directory = os.path.dirname(channel.path)
+    root = _root_of(settings, channel.path)
+    made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid)
+    created.extend(made)
+    ours = set(made)
+    if directory == domain_socket_dir(settings, uuid):
+        ours.add(directory)
+    _remove_stale_socket(channel.label, channel.path, refuse_other=True)
+    return ours & {directory}
+
+
+def _open_parent_nofollow(path: str) -> int:
+    """Open the directory holding ``path`` without following a symlink at its end."""
+    return os.open(
+        os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    )
+
+
+def _remove_stale_socket(label: str, path: str, *, refuse_other: bool) -> bool:
+    """Unlink a socket at ``path``; anything else there is refused or left alone.
+
+    Works relative to a descriptor of the parent opened with O_NOFOLLOW, and
+    lstat's the entry, so neither a symlinked directory nor a symlink at the
+    path itself is ever followed.  Returns True if a socket was removed.
+    """
+    try:
+        parent = _open_parent_nofollow(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if refuse_other:
+            raise PathNotAllowed(label, path, f"has a parent that is not a plain directory "
+                                 f"({exc.strerror})") from None
+        return False
+    leaf = os.path.basename(path)
+    try:
+        try:
+            info = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISSOCK(info.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leaf, dir_fd=parent)
+            return True
+        if refuse_other:
+            kind = _kind(info.st_mode)
+            # QEMU would unlink it before binding (FACTS 2): never let it.
+            raise PathNotAllowed(label, path, f"is taken by a {kind}; only a stale socket "
+                                 "would be removed there")
+        return False
+    finally:
+        os.close(parent)
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO")):
+        if test(mode):
+            return kind
+    return "device or special file"
+
+
+# --- start / started / reconnect ----------------------------------------------------
+
+
+def _register_running(call: HookCall, *, lenient: bool) -> None:
+    """Record the live XML as ``running``, keeping ``created_dir`` from prepare."""
+    from .errors import PathConflict
+    from .registry import RUNNING, ChannelRecord
+
+    domain = call.scan()
+    uuid, name = call.identity(domain)
+    registry = call.registry()
+    previous = registry.get(uuid)
+    ours = {c.path for c in previous.channels if c.created_dir} if previous else set()
+    record = _record(call, uuid, name, RUNNING, [
+        ChannelRecord.from_channel(c, created_dir=c.path in ours) for c in domain.channels
+    ])
+    try:
+        registry.claim_paths(record)
+    except PathConflict as exc:
+        if not lenient:
+            raise
+        log.warning("reconnect of domain %s: %s", shown(name), exc.message())
+    registry.put(record)
+
+
+def start(call: HookCall) -> int:
+    _register_running(call, lenient=False)
+    return 0
+
+
+def reconnect(call: HookCall) -> int:
+    """Re-register after a daemon restart; never fails (FACTS 1: it would kill the domain)."""
+    try:
+        _register_running(call, lenient=True)
+    except XenChannelError as exc:
+        log.warning("reconnect of domain %s: %s", shown(call.domain), exc.message())
+    except Exception as exc:  # a bug here must not kill a running domain either
+        log.warning("reconnect of domain %s: internal error: %s: %s",
+                    shown(call.domain), type(exc).__name__, exc)
+    return 0
+
+
+# --- stopped / release ------------------------------------------------------------
+
+
+def release(call: HookCall) -> int:
+    """Remove the sockets and directories we created, then the record.  Idempotent."""
+    from .paths import is_within
+
+    domain = call.scan()
+    uuid, name = call.identity(domain)
+    settings = call.settings()
+    registry = call.registry()
+    record = registry.get(uuid)
+    if record is None:
+        return 0
+    for channel in record.channels:
+        path = channel.path
+        if channel.connection is not Connection.SOCKET or not path:
+            continue
+        # Only inside the allowed roots: the record is ours, but a path in it
+        # must still never lead us to delete something elsewhere.
+        if not is_within(path, settings.allowed_roots, strict=True):
+            continue
+        _remove_stale_socket(channel.name or "channel", path, refuse_other=False)
+        if channel.created_dir:
+            try:
+                os.rmdir(os.path.dirname(path))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("domain %s: left %s in place: %s", shown(name),
+                            shown(os.path.dirname(path)), exc.strerror)
+    registry.remove(uuid)
+    return 0
+
+
+# --- migrate / restore --------------------------------------------------------------
+
+
+def reallocate(call: HookCall) -> int:
+    """Print the XML with our channel paths re-allocated here, or nothing if unchanged.
+
+    A path is ours when its directory is named by the domain's UUID, which is
+    how paths.socket_path lays them out on every host whatever its run
+    directory; other paths (typed by hand, or libvirt's) pass unchanged.
+    """
+    from . import domxml
+    from .paths import canonical_uuid, socket_path
+
+    tree = domxml.parse_domain(call.data, "<stdin>")
+    root = tree.getroot()
+    raw_uuid = domxml.domain_uuid(root)
+    if raw_uuid is None:
+        return 0
+    uuid = canonical_uuid(raw_uuid)
+    wanted = {t.value for t in call.targets}
+    changed = False
+    for element in domxml.channel_elements(root):
+        if element.get("type") != "unix" or domxml.target_type(element) not in wanted:
+            continue
+        channel = domxml.channel_from_element(element)
+        if channel.path is None or channel.name is None:
+            continue
+        if os.path.basename(os.path.dirname(channel.path)).lower() != uuid:
+            continue
+        new_path = socket_path(call.settings(), uuid, channel.name)
+        if new_path != channel.path:
+            domxml.set_source_path(element, new_path)
+            changed = True
+    if changed:
+        call.stdout.write(domxml.serialize(tree))
+        call.stdout.flush()
+    return 0
+
+
+Handler = Callable[[HookCall], int]
+
+#: (OP, SUBOP) -> handler, for both drivers; (op, subop) pairs not here exit 0.
+HANDLERS: dict[tuple[str, str], Handler] = {
+    ("prepare", "begin"): prepare,
+    ("start", "begin"): start,
+    ("started", "begin"): start,
+    ("stopped", "end"): release,
+    ("release", "end"): release,
+    ("reconnect", "begin"): reconnect,
+    ("migrate", "begin"): reallocate,
+    ("restore", "begin"): reallocate,
+}
+#: libxl has no restore hook (FACTS 1); a call would be someone else's mistake.
+_NOT_FOR = {("restore", "begin"): {"libxl"}}
+
+
+def _read_stdin(stdin: IO[Any]) -> bytes:
+    stream = getattr(stdin, "buffer", stdin)
+    data = stream.read(MAX_XML_BYTES + 1)
+    return data.encode("utf-8") if isinstance(data, str) else bytes(data)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    stdin: IO[Any] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run one hook call: ``argv`` is ``DRIVER DOMAIN OP SUBOP [EXTRA...]``.
+
+    Exit codes: 0 done (or nothing to do); 1 the operation failed, with one
+    line on stderr that libvirt shows; 2 a malformed command line (not from
+    libvirtd).  reconnect always exits 0.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    if len(args) < 4 or args[0] not in DRIVERS:
+        print(f"{PROG}: error: usage: hook {{qemu|libxl}} DOMAIN OP SUBOP [EXTRA]", file=err)
+        return 2
+    driver, domain, op, subop = args[:4]
+    handler = HANDLERS.get((op, subop))
+    if handler is None or driver in _NOT_FOR.get((op, subop), ()):
+        return 0
+    handle = logging.StreamHandler(err)
+    handle.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
+    package_log = logging.getLogger(__package__)
+    package_log.addHandler(handle)
+    package_log.setLevel(logging.WARNING)
+    try:
+        call = HookCall(driver=driver, domain=domain, op=op, subop=subop,
+                        data=_read_stdin(stdin or sys.stdin), stdout=out,
+                        environ=os.environ if environ is None else environ)
+        return handler(call)
+    except XenChannelError as exc:
+        return _fail(err, op, domain, exc.message(), exc.exit_code)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(err, op, domain, f"{exc.strerror or exc}{where}", 1)
+    except Exception as exc:
+        # libvirt shows our stderr in its error message: one line, not a traceback.
+        return _fail(err, op, domain, f"internal error: {type(exc).__name__}: {exc}", 1)
+    finally:
+        package_log.removeHandler(handle)
+
+
+def _fail(err: IO[str], op: str, domain: str, message: str, code: int) -> int:
+    print(f"{PROG}: error: {op} hook for domain {shown(domain)}: {message}", file=err)
+    # A failed reconnect kills the domain (FACTS 1), whatever went wrong.
+    return 0 if op == "reconnect" else code

@@ -1,0 +1,216 @@
+"""``xen-channel install-hooks``: put the hook shims where libvirtd runs them.
+
+libvirt 6.5+ runs every executable in ``/etc/libvirt/hooks/<driver>.d/``
+after the main ``<driver>`` script, in byte order, all of them even if one
+fails (FACTS 1).  So we install ``libxl.d/xen-channel`` and
+``qemu.d/xen-channel`` and never touch the admin's own ``qemu``/``libxl``
+scripts.  libvirtd discovers hooks only at start or on SIGHUP (tested here),
+so the command ends by saying so.
+
+The shim is rendered from :data:`SHIM_TEMPLATE`: the interpreter this command
+runs under (an absolute path: libvirt's hook environment is only HOME,
+``LC_ALL=C`` and PATH, FACTS 1) and the directories holding this package and
+lxml.  hooks/qemu and hooks/libxl in the source tree are the same template
+rendered for a distribution install (``/usr/bin/python3``, no extra path);
+tests/test_install.py keeps them in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+from .atomic import atomic_write
+from .console import Streams
+from .errors import XenChannelError, shown
+
+DRIVERS = ("libxl", "qemu")
+SHIM_NAME = "xen-channel"
+#: The line by which install and uninstall recognise a file as ours.
+MARKER = "# xen-channel-backend hook shim, format 1"
+SHIM_MODE = 0o755
+
+SHIM_TEMPLATE = r"""#!/bin/sh
+@MARKER@
+# libvirt @DRIVER@ hook: libvirtd runs it as `HOOK DOMAIN OP SUBOP EXTRA`, with
+# the domain XML on stdin and only HOME, LC_ALL=C and PATH in the environment.
+# Written by `xen-channel install-hooks` (which rewrites it; --uninstall
+# removes it).  The contract is in docs/hooks.md.
+driver=@DRIVER@
+python=@PYTHON@
+pythonpath=@PYTHONPATH@
+config=@CONFIG@
+
+# Operations we ignore exit at once: libvirtd waits for every hook, and a
+# shell answer costs ~1 ms where starting Python costs ~40 ms.  libvirt
+# ignores EPIPE when a hook leaves its stdin unread (vircommand.c).
+case "$2 $3" in
+"prepare begin" | "start begin" | "started begin" | "stopped end" | \
+"release end" | "reconnect begin" | "migrate begin") ;;
+"restore begin") [ "$driver" = qemu ] || exit 0 ;;
+*) exit 0 ;;
+esac
+
+# A domain without a <channel has nothing for us: answer without Python.
+xml=$(cat)
+case $xml in
+*"<channel"*) ;;
+*) exit 0 ;;
+esac
+
+if [ -n "$config" ]; then
+    XEN_CHANNEL_CONFIG=$config
+    export XEN_CHANNEL_CONFIG
+fi
+# -S skips site.py and its .pth processing (~20 ms); $pythonpath names the
+# directories holding the package and lxml instead.
+flags=-I
+[ -n "$pythonpath" ] && flags=-IS
+# The writer's stdout is the pipe and its stderr /dev/null, so no child of
+# ours is left holding libvirtd's stdout or stderr (virt-manager issue 299).
+printf '%s\n' "$xml" 2>/dev/null | "$python" "$flags" -c '
+import sys
+if sys.argv[1]:
+    sys.path[:0] = sys.argv[1].split(":")
+from xen_channel_backend.hook import main
+sys.exit(main(sys.argv[2:]))
+' "$pythonpath" "$driver" "$@"
+status=$?
+# A failed reconnect kills the running domain: never report one.
+[ "$2" = reconnect ] && exit 0
+exit $status
+"""
+
+# Values are rendered inside single quotes, so they may not contain one; ':'
+# separates $pythonpath entries; control characters would split the script.
+_UNSAFE = re.compile(r"['\\:\x00-\x1f\x7f]")
+
+
+class HookInstallError(XenChannelError):
+    """A hook file or directory that install-hooks will not write or remove."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.path = path
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"{shown(self.path)}: {self.detail}"
+
+
+def render_shim(
+    driver: str, python: str, pythonpath: Sequence[str] = (), config: str | None = None
+) -> str:
+    """The shim text for ``driver`` running ``python`` (absolute)."""
+    if driver not in DRIVERS:
+        raise ValueError(f"unknown driver {driver!r}")
+    if not os.path.isabs(python):
+        raise HookInstallError(python, "the hook interpreter must be an absolute path")
+    for value in (python, *pythonpath, *([config] if config else [])):
+        if _UNSAFE.search(value):
+            raise HookInstallError(value, "contains a quote, backslash, ':' or control "
+                                   "character, which the shim cannot carry")
+    return (
+        SHIM_TEMPLATE.replace("@MARKER@", MARKER)
+        .replace("@DRIVER@", driver)
+        .replace("@PYTHON@", _quote(python))
+        .replace("@PYTHONPATH@", _quote(":".join(pythonpath)))
+        .replace("@CONFIG@", _quote(config or ""))
+    )
+
+
+def _quote(value: str) -> str:
+    return f"'{value}'"
+
+
+def runtime_pythonpath() -> list[str]:
+    """The directories holding this package and lxml, for the shim's ``python -S``."""
+    import lxml
+
+    import xen_channel_backend
+
+    paths: list[str] = []
+    for module_file in (xen_channel_backend.__file__, lxml.__file__):
+        assert module_file is not None
+        directory = os.path.dirname(os.path.dirname(os.path.abspath(module_file)))
+        if directory not in paths:
+            paths.append(directory)
+    return paths
+
+
+def shim_paths(hooks_dir: str) -> dict[str, str]:
+    return {d: os.path.join(hooks_dir, f"{d}.d", SHIM_NAME) for d in DRIVERS}
+
+
+def is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return False
+    return MARKER.encode() in head.split(b"\n")[:3]
+
+
+def install(
+    hooks_dir: str, python: str, pythonpath: Sequence[str], config: str | None
+) -> list[tuple[str, str]]:
+    """Write both shims; returns (path, "installed"|"updated"|"unchanged")."""
+    done = []
+    for driver, path in shim_paths(hooks_dir).items():
+        text = render_shim(driver, python, pythonpath, config)
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.path.islink(path) or (os.path.lexists(path) and not is_ours(path)):
+            raise HookInstallError(path, "exists and is not ours; move it away first")
+        action = "installed"
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                same = handle.read() == text
+            executable = os.stat(path).st_mode & 0o777 == SHIM_MODE
+            if same and executable:
+                done.append((path, "unchanged"))
+                continue
+            action = "updated"
+        atomic_write(path, text, mode=SHIM_MODE)
+        done.append((path, action))
+    return done
+
+
+def uninstall(hooks_dir: str) -> list[tuple[str, str]]:
+    """Remove our shims (only files carrying :data:`MARKER`)."""
+    done = []
+    for path in shim_paths(hooks_dir).values():
+        if not os.path.lexists(path):
+            done.append((path, "absent"))
+            continue
+        if os.path.islink(path) or not is_ours(path):
+            raise HookInstallError(path, "is not ours; left in place")
+        os.unlink(path)
+        done.append((path, "removed"))
+        with contextlib.suppress(OSError):
+            # Only if empty: the admin may keep other hooks there.
+            os.rmdir(os.path.dirname(path))
+    return done
+
+
+def run_install_hooks(args: argparse.Namespace, streams: Streams) -> int:
+    hooks_dir = os.path.abspath(args.hooks_dir)
+    if args.uninstall:
+        results = uninstall(hooks_dir)
+    else:
+        config = os.path.abspath(args.config) if getattr(args, "config", None) else None
+        python = os.path.abspath(sys.executable)
+        results = install(hooks_dir, python, runtime_pythonpath(), config)
+    for path, action in results:
+        print(f"{action}: {path}", file=streams.stdout)
+    if any(action not in ("unchanged", "absent") for _, action in results):
+        print(
+            "xen-channel: note: libvirtd reads its hooks only at start: run "
+            "'systemctl reload libvirtd' (or send SIGHUP to libvirtd) to apply this",
+            file=streams.stderr,
+        )
+    return 0
