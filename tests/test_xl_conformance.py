@@ -1,0 +1,147 @@
+"""Conformance against the real xl 4.17 (Debian's xen-utils-4.17, under tests/xlstub).
+
+1. The stub is faithful: xl reproduces all 47 research cases exactly (exit
+   status, stderr, parsed channels).
+2. xl accepts every xl.cfg the translator tests produce, and parses the same
+   channels (name, connection, path) as we do.
+3. On inputs xl refuses, we refuse too; where we refuse what xl accepts, the
+   case is listed with its reason (tests/test_xlcfg.py STRICTER_THAN_XL, and
+   STRICTER_FILE_SYNTAX below).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from convert_cases import into_cfg_outputs
+from test_xlcfg import STRICTER_THAN_XL
+from xl_cases import XlCase, load_cases, simplify
+from xl_dryrun import PREFIX, dry_run, require_xl
+
+from xen_channel_backend import xlcfg
+from xen_channel_backend.errors import XenChannelError
+
+pytestmark = pytest.mark.integration
+
+CASES = load_cases()
+
+
+@pytest.fixture(autouse=True)
+def _xl_present() -> None:
+    require_xl()
+
+
+def ours(cfg: str) -> list[tuple[str | None, str, str | None]] | None:
+    """Our parse of ``cfg`` as (name, connection, path) tuples; None if we refuse it."""
+    try:
+        parsed = xlcfg.read_channels(xlcfg.parse_config(cfg.encode("utf-8"), "t.cfg"))
+    except XenChannelError:
+        return None
+    return [(c.name, c.connection.value, c.path) for c in parsed.channels]
+
+
+# --- 1. the stub reproduces the measurements -----------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_live_xl_reproduces_research_case(case: XlCase, tmp_path: Path) -> None:
+    result = dry_run(PREFIX + case.cfg, tmp_path, f"{case.name}.cfg")
+    assert result.rc == case.rc
+    assert result.channels == (case.channels or [])
+    expected = case.stderr.replace("/scratch/xltests/", f"{tmp_path}/").rstrip("\n").splitlines()
+    assert result.stderr == expected
+
+
+# --- 2. xl accepts what we write, with the same channels ----------------------------
+
+
+OUTPUTS = into_cfg_outputs()
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUTS))
+def test_xl_accepts_every_cfg_we_produce_with_our_channels(name: str, tmp_path: Path) -> None:
+    # A bare channel line needs a guest around it; --into outputs are whole files.
+    cfg = PREFIX + OUTPUTS[name] if name.endswith("-line") else OUTPUTS[name]
+    result = dry_run(cfg, tmp_path)
+    assert result.rc == 0, result.stderr
+    assert [simplify(c) for c in result.channels] == ours(cfg)
+    assert result.channels, "every example has Xen channels"
+
+
+# --- 3. bad input: xl refuses => we refuse ------------------------------------------
+
+#: xl.cfg files xl refuses (file syntax and channel specs), beyond the research cases.
+XL_BAD_INPUTS = {
+    "unterminated-double": 'channel = [ "connection=pty,name=a.b ]\n',
+    "unterminated-single": "extra = 'abc\n",
+    "string-over-two-lines": 'extra = "a\nb"\n',
+    "unbalanced-bracket": 'channel = [ "connection=pty,name=a.b"\n',
+    "extra-bracket": 'channel = [ "connection=pty,name=a.b" ] ]\n',
+    "comment-without-final-newline": 'channel = [ "connection=pty,name=a.b" ] # c',
+    "crlf": 'extra = "x"\r\n',
+    "upper-case-setting": 'Extra = "x"\n',
+    "bare-word-value": "extra = abc\n",
+    "two-values": 'extra = "a" "b"\n',
+    "double-comma-in-list": 'channel = [ "connection=pty,name=a.b",, ]\n',
+    "leading-comma-in-list": 'channel = [ , "connection=pty,name=a.b" ]\n',
+    "list-plus-string": 'channel = [ "connection=pty,name=a.b" ]\nchannel += "x"\n',
+    "string-plus-list": 'extra = "x"\nextra += [ "y" ]\n',
+    "bad-escape": 'extra = "\\q"\n',
+    "hex-escape": 'channel = [ "connection=pty,name=a\\x2eb" ]\n',
+    "octal-escape-short": 'extra = "\\0"\n',
+    "python": "import os\n",
+    "python-call": 'extra = str("x")\n',
+    "missing-value": "extra =\n",
+    "missing-equals": 'extra "x"\n',
+    "equals-first": 'channel = [ "connection=pty,name=a.b,=x" ]\n',
+    "bad-connection-then-good": 'channel = [ "connection=tcp,connection=pty,name=a.b" ]\n',
+    "only-commas": 'channel = [ ",,," ]\n',
+}
+
+#: Inputs xl accepts and we refuse on purpose (beyond STRICTER_THAN_XL), with why.
+STRICTER_FILE_SYNTAX = {
+    "octal-escape-long": (
+        'channel = [ "connection=pty,name=a\\0123b" ]\n',
+        "xl drops '\\0123' without storing a byte: the name silently becomes 'ab'",
+    ),
+    "double-equals": (
+        'channel = [ "connection=pty,name==a.b" ]\n',
+        "xl silently reads name==a.b as name=a.b",
+    ),
+    "nested-after-good": (
+        'channel = [ "connection=pty,name=a.b", [ "x" ], "connection=pty,name=c.d" ]\n',
+        "xl silently drops the nested list and c.d after it",
+    ),
+    "empty-value-with-space": (
+        'channel = [ "connection=pty,name=a.b,backend= " ]\n',
+        "xl keeps an empty backend name",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(XL_BAD_INPUTS))
+def test_xl_refuses_and_so_do_we(name: str, tmp_path: Path) -> None:
+    cfg = PREFIX + XL_BAD_INPUTS[name]
+    result = dry_run(cfg, tmp_path)
+    assert result.rc != 0, f"xl accepted {name}: {result.channels}"
+    assert ours(cfg) is None
+
+
+@pytest.mark.parametrize("name", sorted(STRICTER_FILE_SYNTAX))
+def test_deliberately_stricter_than_xl(name: str, tmp_path: Path) -> None:
+    text, _why = STRICTER_FILE_SYNTAX[name]
+    cfg = PREFIX + text
+    assert dry_run(cfg, tmp_path).rc == 0, "xl now refuses this: move it to XL_BAD_INPUTS"
+    assert ours(cfg) is None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_research_case_accept_reject_matches_live_xl(case: XlCase, tmp_path: Path) -> None:
+    cfg = PREFIX + case.cfg
+    result = dry_run(cfg, tmp_path)
+    mine = ours(cfg)
+    if result.rc != 0 or case.name in STRICTER_THAN_XL:
+        assert mine is None
+    else:
+        assert mine == [simplify(c) for c in result.channels]
