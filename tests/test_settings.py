@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from xen_channel_backend.errors import RunDirTooLong, SettingsError
+from xen_channel_backend.paths import socket_path
 from xen_channel_backend.settings import (
     DEFAULT_RUNDIR,
     LIBVIRT_CHANNEL_ROOTS,
@@ -112,10 +113,11 @@ def test_bad_group_is_refused(tmp_path: Path) -> None:
         load_settings(environ=env)
 
 
-def test_run_directory_too_long_is_refused_at_load() -> None:
+def test_run_directory_too_long_is_refused_when_allocating() -> None:
     rundir = "/run/" + "d" * 60
+    settings = load_settings(rundir, environ={})  # list/show can still read it
     with pytest.raises(RunDirTooLong) as info:
-        load_settings(rundir, environ={})
+        socket_path(settings, "11111111-2222-3333-4444-555555555555", "a")
     assert info.value.rundir == rundir
     assert rundir in info.value.message()
 

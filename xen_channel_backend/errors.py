@@ -310,7 +310,9 @@ class RegistryError(XenChannelError):
         self.detail = detail
 
     def message(self) -> str:
-        return f"registry {shown(self.path)}: {self.detail}"
+        # The path is built from the validated run directory, so it is shown
+        # whole (shown() would cut a long one and hide the file at fault).
+        return f"registry file {self.path}: {self.detail}"
 
 
 class UnknownDomain(XenChannelError):

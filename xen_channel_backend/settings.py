@@ -67,6 +67,8 @@ def load_settings(
 
     Raises SettingsError (naming the file and line, or the variable) for a
     missing named file, a malformed file, an unknown key or a bad value.
+    A run directory too long for the path policy is *not* refused here, so
+    ``list``/``show`` still read it; paths.socket_path raises RunDirTooLong.
     """
     named = environ.get("XEN_CHANNEL_CONFIG") or None
     config_path = named or DEFAULT_CONFIG
@@ -100,11 +102,6 @@ def load_settings(
         extra = LIBVIRT_CHANNEL_ROOTS
     roots = tuple(dict.fromkeys((normalized_rundir, *extra)))
 
-    # Imported here to keep the dependency one-way at import time (paths
-    # needs Settings only for typing); the length check belongs to the policy.
-    from .paths import check_rundir
-
-    check_rundir(normalized_rundir)
     return Settings(rundir=normalized_rundir, group=group, allowed_roots=roots)
 
 
