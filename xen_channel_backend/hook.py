@@ -374,13 +374,23 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     from .errors import PathConflict
     from .registry import RUNNING, ChannelRecord
 
+    from .paths import domain_socket_dir
+
     domain = call.scan()
     uuid, name = call.identity(domain)
     registry = call.registry()
     previous = registry.get(uuid)
     ours = {c.path for c in previous.channels if c.created_dir} if previous else set()
+    # The domain's own directory is ours even when the record is gone (a
+    # reconnect after the registry was lost), as at prepare.
+    own_dir = domain_socket_dir(call.settings(), uuid)
     record = _record(call, uuid, name, RUNNING, [
-        ChannelRecord.from_channel(c, created_dir=c.path in ours) for c in domain.channels
+        ChannelRecord.from_channel(
+            c, created_dir=c.path in ours or (
+                c.connection is Connection.SOCKET and c.path is not None
+                and os.path.dirname(c.path) == own_dir),
+        )
+        for c in domain.channels
     ])
     try:
         registry.claim_paths(record)
