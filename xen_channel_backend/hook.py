@@ -372,9 +372,8 @@ def _kind(mode: int) -> str:
 def _register_running(call: HookCall, *, lenient: bool) -> None:
     """Record the live XML as ``running``, keeping ``created_dir`` from prepare."""
     from .errors import PathConflict
-    from .registry import RUNNING, ChannelRecord
-
     from .paths import domain_socket_dir
+    from .registry import RUNNING, ChannelRecord
 
     domain = call.scan()
     uuid, name = call.identity(domain)
