@@ -595,3 +595,21 @@ def test_send_to_the_real_guest_agent(
     assert document["agent"]["name"] == "xen-channel-guest"
     assert [(r["item"], r["status"]) for r in document["results"]] == [("hostname", "applied")]
     assert (root / "etc" / "hostname").read_text().strip() == "vm1"
+
+
+def test_send_falls_back_to_qemu_when_the_broker_socket_is_stale(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    import socket
+
+    from xen_channel_backend.agent import broker_socket_for
+
+    rundir, qemu = registered
+    # A broker killed with SIGKILL leaves its socket file, with nobody listening.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(broker_socket_for(qemu.socket_path))
+    stale.close()
+    with guest(qemu):
+        code, _out, err = send(rundir, "--timeout", "10")
+    assert (code, err) == (0, "")
+    assert qemu.connections == 1

@@ -12,6 +12,7 @@ from stale ones.  The wire rules are in docs/protocol.md.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -124,6 +125,8 @@ class ChannelClient:
         self.agent: AgentInfo | None = None
         self._sock: socket.socket | None = None
         self._decoder = protocol.FrameDecoder()
+        # Decoded but not yet examined: one recv() may carry several frames.
+        self._pending: collections.deque[dict[str, Any] | protocol.FrameError] = collections.deque()
         self._synced = False
 
     # --- connection --------------------------------------------------------
@@ -171,6 +174,7 @@ class ChannelClient:
                 raise ChannelUnavailable(self.path, exc.strerror or str(exc)) from None
             self._sock = sock
             self._decoder.reset()
+            self._pending.clear()
             self._synced = False
             return
 
@@ -352,10 +356,10 @@ class ChannelClient:
         """
         assert self._sock is not None
         deadline = time.monotonic() + timeout
-        pending: list[dict[str, Any] | protocol.FrameError] = []
         while True:
+            pending = self._pending
             while pending:
-                item = pending.pop(0)
+                item = pending.popleft()
                 if isinstance(item, protocol.FrameError):
                     if strict:
                         self._synced = False
@@ -387,7 +391,7 @@ class ChannelClient:
                 raise self._lost(exc) from None
             if not data:
                 raise self._lost(None)
-            pending.extend(self._decoder.feed(data))
+            self._pending.extend(self._decoder.feed(data))
 
     def _lost(self, exc: OSError | None) -> ChannelUnavailable:
         """The connection ended: QEMU exited with its domain, or the broker stopped."""
@@ -505,8 +509,17 @@ def run_send(args: argparse.Namespace, streams: Streams) -> int:
     qemu_socket = find_channel_socket(rundir, args.domain, args.channel)
     path, brokered = choose_socket(qemu_socket)
     label = f"domain {shown(args.domain)} channel {shown(args.channel)}"
-    log.debug("%s: sending through %s", label, "the broker" if brokered else "QEMU's socket")
-    client = ChannelClient(path, label=label)
+    # A live broker accepts at once; only QEMU's socket is worth waiting for.
+    client = ChannelClient(path, label=label, retries=0 if brokered else DEFAULT_RETRIES)
+    if brokered:
+        try:
+            client.connect()
+        except ChannelUnavailable as exc:
+            # A broker that died leaves its socket file behind; it also let go
+            # of QEMU's socket, so the direct path is free again.
+            log.debug("%s: broker socket unusable (%s); using QEMU's", label, exc.detail)
+            client = ChannelClient(qemu_socket, label=label)
+    log.debug("%s: sending through %s", label, client.path)
     try:
         with client:
             result = client.send_config(payload, args.timeout)
