@@ -259,6 +259,7 @@ class Monitor:
             conn.close()
         self._callback_id = None
         self._synced.clear()
+        self._connection_lost = False  # handled: the caller reconnects
 
     # --- callbacks (event loop thread: note and wake, nothing else) --------------
 
@@ -275,7 +276,7 @@ class Monitor:
             os.write(self._wake_write, b"x")
 
     def _wait(self, timeout: float) -> None:
-        if self._pending or self._stopping or self._connection_lost:
+        if self._stopping or (self.conn is not None and (self._pending or self._connection_lost)):
             timeout = 0.0
         with contextlib.suppress(InterruptedError):
             select.select([self._wake_read], [], [], timeout)
