@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .errors import InvalidSocketPath, UsageError, shown
 from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
-from .protocol import MAX_FRAME, FrameError, FrameSplitter, parse_frame
+from .protocol import MAX_FRAME, FrameError, FrameSplitter
 
 if TYPE_CHECKING:
     import argparse
@@ -703,12 +703,19 @@ class _UnsafeSocketPath(Exception):
 
 
 def _checked(item: bytes | FrameError) -> bytes | str:
-    """A frame fit to forward, or why it is not (a reason string)."""
+    """A frame fit to forward, or why it is not (a reason string).
+
+    Only the frame's shape is checked (a JSON object between the sync
+    byte and the newline), not its JSON: a full parse measured ~10 us per
+    small frame, more than everything else the broker does for it, and
+    every consumer parses what it receives anyway (protocol.FrameDecoder
+    reports bad frames as values).  Oversized frames were already cut
+    off by the splitter.
+    """
     if isinstance(item, FrameError):
         return f"{item.code}: {item.detail}"
-    parsed = parse_frame(item)
-    if isinstance(parsed, FrameError):
-        return f"{parsed.code}: {parsed.detail}"
+    if item[1:2] != b"{" or item[-2:-1] != b"}":
+        return f"bad-frame: not a JSON object ({len(item)} bytes starting {shown(item[:24])})"
     return item
 
 
