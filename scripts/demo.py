@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import io
@@ -113,18 +114,22 @@ class Log:
     def __init__(self, out: IO[str]) -> None:
         self.out = out
         self.outcomes: list[Outcome] = []
+        self._details: list[str] = []
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
     def detail(self, text: str) -> None:
-        for line in text.rstrip("\n").splitlines():
-            self.say(f"         {line}")
+        """A detail of the current step, printed under its status line."""
+        self._details.extend(line.rstrip() for line in text.rstrip("\n").splitlines())
 
     def record(self, number: str, title: str, ok: bool, detail: str) -> None:
         self.outcomes.append(Outcome(number, title, ok, detail))
         status = "OK" if ok else "FAILED"
         self.say(f"[{number:>2}] {status:<6} {title}: {detail}")
+        for line in self._details:
+            self.say(f"            {line}".rstrip())
+        self._details.clear()
 
     @property
     def failed(self) -> list[Outcome]:
@@ -254,30 +259,36 @@ class Scenario:
         self.ack: AckResult | None = None
         self.ack_results: list[dict[str, Any]] = []
         self.hooks_done = False
+        self.shim: Path | None = None
 
     # -- helpers ------------------------------------------------------------------
 
-    def environ(self) -> dict[str, str]:
-        """The environment the hook and the CLI see: our settings file only."""
-        env = dict(os.environ)
-        env["XEN_CHANNEL_CONFIG"] = str(self.config_file)
-        env.pop("XEN_CHANNEL_RUNDIR", None)
-        return env
+    def install_hooks(self) -> Path:
+        """``xen-channel install-hooks`` into the demo's own hooks directory."""
+        hooks_dir = self.tmp / "libvirt-hooks"
+        checked(xen_channel("install-hooks", "--hooks-dir", str(hooks_dir),
+                            "--config", str(self.config_file)), "xen-channel install-hooks")
+        shim = hooks_dir / "libxl.d" / "xen-channel"
+        if not os.access(shim, os.X_OK):
+            raise StepFailed(f"install-hooks did not install {shim}")
+        return shim
 
     def hook(self, op: str, subop: str, xml: str) -> None:
-        """Run the hook as libvirtd does, via the shim: ``DOMAIN OP SUBOP -``, XML on stdin.
+        """Run the installed libxl shim exactly as libvirtd does.
 
-        The installed shim (hooks/libxl) prefixes its driver, so hook.main
-        receives ``libxl DOMAIN OP SUBOP -``.
+        libvirtd runs ``HOOK DOMAIN OP SUBOP EXTRA`` with the domain XML on
+        stdin and only HOME, LC_ALL=C and PATH in the environment (FACTS 1);
+        the shim passes the call to hook.main with its driver in front.
         """
-        from xen_channel_backend import hook
-
-        out, err = io.StringIO(), io.StringIO()
-        code = hook.main(["libxl", DOMAIN_NAME, op, subop, "-"], io.StringIO(xml), out, err,
-                         environ=self.environ())
-        if code != 0:
-            raise StepFailed(f"{op} {subop} hook exited {code}: {err.getvalue().strip()}")
-        if out.getvalue():
+        if self.shim is None:
+            self.shim = self.install_hooks()
+        env = {"HOME": "/", "LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        run = subprocess.run([str(self.shim), DOMAIN_NAME, op, subop, "-"], input=xml,
+                             env=env, capture_output=True, text=True, timeout=TIMEOUT,
+                             check=False)
+        if run.returncode != 0:
+            raise StepFailed(f"{op} {subop} hook exited {run.returncode}: {run.stderr.strip()}")
+        if run.stdout:
             raise StepFailed(f"{op} {subop} hook printed on stdout (only migrate/restore may)")
 
     def guest_env(self) -> dict[str, str]:
@@ -315,6 +326,8 @@ class Scenario:
     # -- the steps ----------------------------------------------------------------
 
     def step1_template(self) -> str:
+        from lxml import etree
+
         from xen_channel_backend import domxml
         from xen_channel_backend.model import Channel, Connection, Target
 
@@ -324,10 +337,11 @@ class Scenario:
                           target=Target.XEN)
         domxml.replace_channels(tree.getroot(), [channel], (Target.XEN,))
         self.with_channel.write_text(domxml.serialize(tree))
-        element = [line.strip() for line in self.with_channel.read_text().splitlines()
-                   if "<channel" in line or "<target type='xen' name" in line
-                   or '<target type="xen" name' in line]
-        self.log.detail("\n".join(element))
+        for element in domxml.channel_elements(tree.getroot()):
+            shown = copy.deepcopy(element)
+            shown.tail = None
+            etree.indent(shown, space="  ")
+            self.log.detail(etree.tostring(shown, encoding="unicode"))
         return f"{DOMAIN_NAME} gets unix channel {CHANNEL} (target xen, no path yet)"
 
     def step2_fill(self) -> str:
@@ -351,6 +365,11 @@ class Scenario:
     def step3_define(self) -> str:
         import libvirt
 
+        from xen_channel_backend import api
+
+        # libvirt-python prints every error it raises to stderr unless told
+        # not to; the errors that matter reach us as exceptions anyway.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         from xen_channel_backend.metadata import NAMESPACE, parse_metadata
 
         xl = checked(xen_channel("convert", "--to", "xl", str(self.filled)), "convert --to xl")
@@ -366,6 +385,12 @@ class Scenario:
         meta = parse_metadata(text, DOMAIN_NAME)
         if [(c.name, c.path) for c in meta.channels] != [(CHANNEL, self.socket_path)]:
             raise StepFailed("the domain's metadata does not list the allocated channel")
+        # The same through the project's Python API for tools (issue 4).
+        found = api.remote_channels(URI, DOMAIN_NAME)
+        if [(c.name, c.path) for c in found] != [(CHANNEL, self.socket_path)]:
+            raise StepFailed(f"api.remote_channels({URI!r}) gave {found}")
+        self.log.detail(f"api.remote_channels: {found[0].name} {found[0].connection.value} "
+                        f"state={found[0].state}")
         return f"defined on {URI} (uuid {self.dom.UUIDString()}); metadata lists {CHANNEL}"
 
     def step4_hooks(self) -> str:
@@ -385,6 +410,7 @@ class Scenario:
         if record is None or record.state != "running":
             raise StepFailed(f"after start/started the registry holds {record}")
         mode = os.stat(os.path.dirname(self.socket_path)).st_mode & 0o777
+        self.log.detail(checked(xen_channel("show", DOMAIN_NAME), "xen-channel show"))
         return (f"prepare: socket dir created (mode {mode:o}), record 'preparing'; "
                 f"domain started (id {self.domid}); start/started: record 'running'")
 
@@ -685,7 +711,8 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
         applied_table(log, scenario)
         if scenario.agent_log and log.failed:
             log.say("guest agent log (last lines):")
-            log.detail("\n".join(scenario.agent_log[-5:]))
+            for line in scenario.agent_log[-5:]:
+                log.say(f"  {line}")
     log.say()
     if log.failed:
         names = ", ".join(f"[{o.number}] {o.title}" for o in log.failed)
