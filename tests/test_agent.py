@@ -613,3 +613,44 @@ def test_send_falls_back_to_qemu_when_the_broker_socket_is_stale(
         code, _out, err = send(rundir, "--timeout", "10")
     assert (code, err) == (0, "")
     assert qemu.connections == 1
+
+
+def test_send_through_the_real_broker_beside_another_consumer(
+    registered: tuple[str, BackendStandin], tmp_path: Path
+) -> None:
+    """The broker holds QEMU's one connection; `send` and a second consumer share it.
+
+    The other consumer's handshake and pings reach this client too (the
+    broker gives every guest frame to every consumer); matching by id and
+    nonce keeps both correct.
+    """
+    from broker_fixtures import BrokerProcess, wait_for
+
+    from xen_channel_backend.agent import broker_socket_for
+
+    rundir, qemu = registered
+    broker = BrokerProcess(Path(rundir), tmp_path / "broker.log")
+    try:
+        consumer_socket = broker_socket_for(qemu.socket_path)
+        wait_for(lambda: os.path.exists(consumer_socket), "the broker's consumer socket")
+        with guest(qemu) as fake, ChannelClient(consumer_socket, label="other") as other:
+            other.handshake(WAIT)
+            stop = threading.Event()
+
+            def keep_pinging() -> None:
+                while not stop.is_set():
+                    other.ping(WAIT)
+
+            pinger = threading.Thread(target=keep_pinging)
+            pinger.start()
+            try:
+                code, out, err = send(rundir, "--timeout", "10")
+            finally:
+                stop.set()
+                pinger.join()
+        assert (code, err) == (0, ""), broker.log()
+        assert out.splitlines()[1].split() == ["hostname", "applied"]
+        assert fake.kinds().count("config") == 1 and fake.kinds().count("hello") >= 2
+        assert qemu.connections == 1  # only the broker ever connected to QEMU
+    finally:
+        broker.stop()
