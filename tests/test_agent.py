@@ -516,14 +516,26 @@ def test_send_without_a_guest_agent_times_out(registered: tuple[str, BackendStan
 
 
 @pytest.mark.parametrize(
-    ("argv_domain", "config", "fragment"),
+    ("argv_domain", "argv_channel", "config", "fragment"),
     [
-        ("vm2", PAYLOAD, "no registered domain 'vm2'"),
-        ("vm1", {"hostname": "-x-"}, "<stdin>: hostname '-x-' is not a valid host name"),
+        ("vm2", CHANNEL, PAYLOAD, "no registered domain 'vm2'"),
+        (
+            "vm1",
+            "org.example.other",
+            PAYLOAD,
+            "channel 'org.example.other': domain 'vm1' has no such channel "
+            "(it has: 'org.example.agent')",
+        ),
+        ("vm1", CHANNEL, {"hostname": "-x-"}, "<stdin>: hostname '-x-' is not a valid host name"),
+        ("vm1", CHANNEL, [1], "<stdin>: payload must be an object"),
     ],
 )
 def test_send_bad_input_names_the_culprit(
-    registered: tuple[str, BackendStandin], argv_domain: str, config: Any, fragment: str
+    registered: tuple[str, BackendStandin],
+    argv_domain: str,
+    argv_channel: str,
+    config: Any,
+    fragment: str,
 ) -> None:
     import io
     import json
@@ -532,7 +544,7 @@ def test_send_bad_input_names_the_culprit(
 
     rundir, _qemu = registered
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv = ["send", "--rundir", rundir, argv_domain, CHANNEL, "--config", "-"]
+    argv = ["send", "--rundir", rundir, argv_domain, argv_channel, "--config", "-"]
     code = main(argv, io.StringIO(json.dumps(config)), stdout, stderr)
     assert code == 1
     assert fragment in stderr.getvalue() and stderr.getvalue().count("\n") == 1
