@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -25,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xen_channel_backend.atomic import atomic_write
+from xen_channel_backend.model import Connection, Target
 from xen_channel_backend.protocol import FrameError, FrameSplitter, encode, parse_frame
+from xen_channel_backend.registry import RUNNING, ChannelRecord, DomainRecord, Registry
 
 WAIT = 15.0  # generous deadline for conditions that normally hold in milliseconds
 
@@ -48,31 +48,22 @@ def domain_dir(rundir: Path, uuid: str) -> Path:
 
 
 def write_record(
-    rundir: Path, uuid: str, name: str, channels: list[str], state: str = "running"
+    rundir: Path, uuid: str, name: str, channels: list[str], state: str = RUNNING
 ) -> dict[str, str]:
     """Register ``name`` as the hooks would; return {channel name: QEMU socket path}."""
     directory = domain_dir(rundir, uuid)
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     paths = {channel: str(directory / channel) for channel in channels}
-    record = {
-        "version": 1,
-        "uuid": uuid,
-        "name": name,
-        "driver": "libxl",
-        "state": state,
-        "channels": [
-            {"name": c, "connection": "socket", "path": p, "target": "xen", "created_dir": True}
-            for c, p in paths.items()
-        ],
-    }
-    records = rundir / "registry" / "domains"
-    records.mkdir(parents=True, exist_ok=True)
-    atomic_write(records / f"{uuid}.json", json.dumps(record))
+    records = tuple(
+        ChannelRecord(c, Connection.SOCKET, p, Target.XEN, created_dir=True)
+        for c, p in paths.items()
+    )
+    Registry(str(rundir)).put(DomainRecord(uuid, name, "libxl", state, records))
     return paths
 
 
 def remove_record(rundir: Path, uuid: str) -> None:
-    os.unlink(rundir / "registry" / "domains" / f"{uuid}.json")
+    Registry(str(rundir)).remove(uuid)
 
 
 class BrokerProcess:

@@ -31,6 +31,7 @@ from broker_fixtures import (
 from xen_channel_backend.broker import broker_socket_for
 from xen_channel_backend.model import MAX_SOCKET_PATH
 from xen_channel_backend.protocol import MAX_FRAME, encode
+from xen_channel_backend.registry import Registry
 
 UUID_A = "6c3f1b7e-0000-4000-8000-00000000000a"
 UUID_B = "6c3f1b7e-0000-4000-8000-00000000000b"
@@ -381,3 +382,19 @@ def test_consumer_socket_names_fit_and_never_collide_with_channel_names() -> Non
         assert "@" in os.path.basename(path)  # '@' is outside the channel-name alphabet
     first, second = (broker_socket_for(f"{long_dir}/{c * 45}") for c in "ab")
     assert first != second
+
+
+def test_an_unreadable_registry_record_does_not_cut_served_domains_off(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    consumer = connected(broker, vm)
+    corrupt = Path(Registry(str(rundir)).records_dir) / f"{UUID_B}.json"
+    corrupt.write_text('{"version": 1, "uuid": ')
+    broker.wait_log("corrupt record")
+    consumer.send({"type": "ping", "id": "still-here"})
+    vm.guest().reader.wait_message(lambda m: m["id"] == "still-here", "ping while corrupt")
+    assert os.path.exists(vm.consumer_path())
+    corrupt.unlink()
+    broker.wait_log("registry readable again")
+    assert "stopped serving" not in broker.log()

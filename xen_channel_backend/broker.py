@@ -30,7 +30,6 @@ import dataclasses
 import errno
 import grp
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -41,13 +40,15 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-from .errors import InvalidSocketPath, UsageError, shown
+from .errors import InvalidSocketPath, RegistryError, UsageError, XenChannelError, shown
 from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
+from .registry import RUNNING, Registry
+from .settings import load_settings
 
 if TYPE_CHECKING:
     import argparse
@@ -55,8 +56,6 @@ if TYPE_CHECKING:
     from .console import Streams
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RUNDIR: Final = "/run/xen-channel"
 
 #: '@' cannot occur in a channel name (model.NAME_RULE), so a broker socket
 #: never collides with a socket that allocation derived from a channel name.
@@ -139,73 +138,35 @@ class ChannelSpec:
         return f"domain {shown(self.domain_name)} channel {shown(self.channel)}"
 
 
-def read_running_channels(rundir: str) -> dict[tuple[str, str], ChannelSpec]:
+def read_running_channels(registry: Registry) -> dict[tuple[str, str], ChannelSpec]:
     """Every brokerable channel of every running domain in the registry.
 
-    The one place that reads registry records (issue 3): a record is a
-    JSON object with ``uuid``, ``name``, ``state`` and ``channels``
-    (``name``, ``connection``, ``path``, ``target``).  Records are
-    untrusted input here: bad ones are logged and skipped, never fatal.
+    Brokerable: a socket channel with a path, not one libvirt connects to
+    itself.  Paths are re-validated: the broker connects to them as root.
+    Raises RegistryError when a record cannot be read (the caller keeps
+    serving what it has and retries).
     """
     specs: dict[tuple[str, str], ChannelSpec] = {}
-    for record_path in _record_files(rundir):
-        try:
-            with open(record_path, "rb") as handle:
-                record = json.loads(handle.read(4 * 1024 * 1024))
-        except FileNotFoundError:
-            continue  # the domain was released while we listed
-        except (OSError, ValueError) as exc:
-            log.warning("broker: skipping registry record %s: %s", shown(record_path), exc)
+    for record in registry.list():
+        if record.state != RUNNING:
             continue
-        for spec in _specs_of(record, record_path):
+        for channel in record.channels:
+            if (
+                channel.connection is not Connection.SOCKET
+                or channel.name is None
+                or channel.path is None
+                or channel.name in LIBVIRT_OWNED_CHANNELS
+            ):
+                continue
+            spec = ChannelSpec(record.uuid, record.name, channel.name, channel.path)
+            try:
+                validate_name(channel.name)
+                validate_path(channel.path, channel.name)
+            except XenChannelError as exc:
+                log.warning("broker: %s: %s; not served", spec.label, exc.message())
+                continue
             specs[spec.key] = spec
     return specs
-
-
-def records_dir(rundir: str) -> str:
-    """Where registry.py keeps one ``<uuid>.json`` per domain."""
-    return os.path.join(rundir, "registry", "domains")
-
-
-def _record_files(rundir: str) -> list[str]:
-    try:
-        entries = list(os.scandir(records_dir(rundir)))
-    except FileNotFoundError:
-        return []
-    # atomic_write's temporary files start with '.'; they are never records.
-    return sorted(
-        e.path for e in entries
-        if e.name.endswith(".json") and not e.name.startswith(".")
-        and e.is_file(follow_symlinks=False)
-    )
-
-
-def _specs_of(record: Any, origin: str) -> Iterable[ChannelSpec]:
-    if not isinstance(record, dict) or record.get("state") != "running":
-        return
-    uuid, name, channels = record.get("uuid"), record.get("name"), record.get("channels")
-    if not isinstance(uuid, str) or not isinstance(channels, list):
-        log.warning("broker: registry record %s has no uuid/channels; skipped", shown(origin))
-        return
-    domain_name = name if isinstance(name, str) else uuid
-    for entry in channels:
-        if not isinstance(entry, dict) or entry.get("connection") != Connection.SOCKET:
-            continue
-        channel, path = entry.get("name"), entry.get("path")
-        if not isinstance(channel, str) or not isinstance(path, str):
-            continue
-        if channel in LIBVIRT_OWNED_CHANNELS:
-            continue
-        try:
-            validate_name(channel)
-            validate_path(path, channel)
-        except InvalidSocketPath as exc:
-            log.warning("broker: domain %s: %s; skipped", shown(domain_name), exc.message())
-            continue
-        except Exception as exc:  # InvalidChannelName and friends
-            log.warning("broker: domain %s: %s; skipped", shown(domain_name), exc)
-            continue
-        yield ChannelSpec(uuid, domain_name, channel, path)
 
 
 _FRESH_NS: Final = 100_000_000
@@ -296,7 +257,9 @@ class Broker:
         self.gid = gid
         self.poll_interval = poll_interval
         self.backoff_max = backoff_max
-        self.watcher = RegistryWatcher(records_dir(rundir))
+        self.registry = Registry(rundir)
+        self.watcher = RegistryWatcher(self.registry.records_dir)
+        self._registry_problem: str | None = None
         self.links: dict[tuple[str, str], _Link] = {}
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -362,8 +325,20 @@ class Broker:
     # -- registry
 
     def _poll_registry(self, force: bool) -> None:
-        if self.watcher.changed() or force:
-            self._follow(read_running_channels(self.rundir))
+        if self.watcher.changed() or force or self._registry_problem:
+            try:
+                wanted = read_running_channels(self.registry)
+            except RegistryError as exc:
+                # Keep serving what we have: one unreadable record must not
+                # cut every running domain off.  Retried on every poll.
+                if exc.message() != self._registry_problem:
+                    log.warning("broker: %s; keeping the channels served so far", exc.message())
+                self._registry_problem = exc.message()
+            else:
+                if self._registry_problem:
+                    log.info("broker: registry readable again")
+                self._registry_problem = None
+                self._follow(wanted)
         # A consumer socket that could not be created (its directory not
         # there yet, a live socket in the way) is retried on every poll.
         for link in self.links.values():
@@ -806,7 +781,12 @@ def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, 
 
 
 def resolve_group(group: str | None) -> int | None:
-    """The gid for ``--group`` (a name or a number), or None for the directory's."""
+    """The gid for ``--group`` or the settings' group (a name or a number).
+
+    None means "the group of the socket's directory", which the prepare
+    hook gives the configured group (issue 3), so that is the right
+    default too.
+    """
     if group is None:
         return None
     if group.isdigit():
@@ -814,21 +794,17 @@ def resolve_group(group: str | None) -> int | None:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise UsageError(f"--group: no such group {shown(group)}") from None
-
-
-def resolve_rundir(rundir: str | None) -> str:
-    """``--rundir``, else $XEN_CHANNEL_RUNDIR, else the default."""
-    chosen = rundir or os.environ.get("XEN_CHANNEL_RUNDIR") or DEFAULT_RUNDIR
-    return os.path.abspath(chosen)
+        raise UsageError(f"no such group {shown(group)} (--group or the settings' group)") from None
 
 
 def run_broker(args: argparse.Namespace, streams: Streams) -> int:
     """``xen-channel broker``: run until SIGTERM/SIGINT; SIGHUP re-reads the registry."""
     del streams  # the daemon logs through logging, configured by cli.main
-    if args.poll_interval <= 0:
-        raise UsageError("--poll-interval must be positive")
-    broker = Broker(resolve_rundir(args.rundir), resolve_group(args.group), args.poll_interval)
+    if not args.poll_interval > 0:
+        raise UsageError("--poll-interval must be a positive number of seconds")
+    settings = load_settings(args.rundir)
+    gid = resolve_group(args.group if args.group is not None else settings.group)
+    broker = Broker(settings.rundir, gid, args.poll_interval)
     if threading.current_thread() is not threading.main_thread():
         return broker.run()  # signals can only be handled in the main thread
 
