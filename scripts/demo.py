@@ -276,6 +276,8 @@ class Scenario:
         self.agent: subprocess.Popen[bytes] | None = None
         self.agent_log: list[str] = []
         self.agent_log_changed = threading.Condition()
+        self.agent_reader: threading.Thread | None = None
+        self.inotify_fd = -1
         self.client: ChannelClient | None = None
         self.ack: AckResult | None = None
         self.ack_results: list[dict[str, Any]] = []
@@ -329,14 +331,32 @@ class Scenario:
                     if needle in line:
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.agent is not None and self.agent.poll() is not None
-                                      and not self._reader_alive()):
+                reader_done = self.agent_reader is None or not self.agent_reader.is_alive()
+                if remaining <= 0 or reader_done:
                     tail = "; ".join(self.agent_log[-3:]) or "(nothing)"
                     raise StepFailed(f"the guest agent never logged {needle!r}; it said: {tail}")
                 self.agent_log_changed.wait(min(remaining, 0.2))
 
-    def _reader_alive(self) -> bool:
-        return any(t.name == "guest-agent-log" and t.is_alive() for t in threading.enumerate())
+    def agent_fds(self) -> dict[int, str]:
+        """The guest agent's open descriptors: fd -> what it refers to (/proc)."""
+        assert self.agent is not None
+        fds = {}
+        directory = f"/proc/{self.agent.pid}/fd"
+        for fd in os.listdir(directory):
+            with contextlib.suppress(OSError):  # closed meanwhile
+                fds[int(fd)] = os.readlink(f"{directory}/{fd}")
+        return fds
+
+    def wait_agent_fd(self, wanted: Callable[[str], bool], what: str) -> int:
+        """Poll /proc until the agent holds a descriptor ``wanted`` accepts."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            for fd, target in self.agent_fds().items():
+                if wanted(target):
+                    return fd
+            if time.monotonic() > deadline:
+                raise StepFailed(f"the guest agent never held {what}")
+            time.sleep(0.02)
 
     def _read_agent_log(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -481,9 +501,13 @@ class Scenario:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         assert self.agent.stderr is not None
-        threading.Thread(target=self._read_agent_log, args=(self.agent.stderr,),
-                         name="guest-agent-log", daemon=True).start()
+        self.agent_reader = threading.Thread(target=self._read_agent_log,
+                                             args=(self.agent.stderr,), daemon=True)
+        self.agent_reader.start()
         self.wait_agent_log("waiting for")
+        # Evidence that it waits the way the issue asks: an inotify descriptor.
+        self.inotify_fd = self.wait_agent_fd(lambda t: t == "anon_inode:inotify",
+                                             "an inotify descriptor")
 
     def step7_udev(self) -> str:
         self.start_guest_agent()
@@ -498,13 +522,15 @@ class Scenario:
         return f"{link} -> {os.readlink(link)}"
 
     def step8_guest_agent(self) -> str:
-        waiting = self.wait_agent_log("waiting for")
-        opened = self.wait_agent_log("opened ")
-        how = "inotify" if "(inotify)" in waiting else "polling"
-        self.log.detail(f"guest agent: {waiting.split(': ', 1)[-1]}")
-        self.log.detail(f"guest agent: {opened.split(': ', 1)[-1]}")
-        return f"xen-channel-guest (pid {self.agent.pid if self.agent else '?'}) " \
-               f"was waiting with {how}, saw the link and opened it"
+        assert self.agent is not None and self.qemu is not None
+        tty = self.qemu.guest_tty
+        fd = self.wait_agent_fd(lambda target: target == tty, tty)
+        self.log.detail(f"before the link: its fd {self.inotify_fd} was anon_inode:inotify "
+                        "(/proc/PID/fd)")
+        self.log.detail(f"now: its fd {fd} is {tty}")
+        for line in self.agent_log:
+            self.log.detail(f"log: {line}")
+        return f"xen-channel-guest (pid {self.agent.pid}) waited with inotify, then opened the tty"
 
     def step9_handshake(self) -> str:
         from xen_channel_backend.agent import ChannelClient
@@ -727,6 +753,9 @@ def main(argv: Sequence[str] | None = None, stdout: IO[str] | None = None) -> in
         scenario = Scenario(log, tmp, args.bad_payload)
         try:
             part_b(log, scenario, args.break_step)
+        except KeyboardInterrupt:
+            log.say("interrupted; cleaning up")
+            return 130
         finally:
             scenario.close()
         applied_table(log, scenario)
