@@ -339,7 +339,7 @@ class Monitor:
                 self._forget(record)
             return
         if domain.ID() != -1:
-            self._sync_running(domain, uuid)
+            self._sync_active(domain, uuid)
         else:
             self._synced.pop(uuid, None)
             self._sync_inactive(uuid)
@@ -376,7 +376,7 @@ class Monitor:
                 continue
             if self._synced.get(uuid) == domain_id:
                 continue
-            self._sync_running(domain, uuid)
+            self._sync_active(domain, uuid)
             report.synced.append(uuid)
         if report.removed:
             log.info(
@@ -386,7 +386,28 @@ class Monitor:
         return report
 
     def _record(self, uuid: str) -> DomainRecord | None:
+        # Registry.get() treats a missed UUID as a possible domain *name* and
+        # then scans every record; here a miss is the common case (every
+        # domain we do not manage), so look for the record file first.
+        if not os.path.exists(os.path.join(self.registry.records_dir, f"{uuid}.json")):
+            return None
         return self.registry.get(uuid)
+
+    def _sync_active(self, domain: Any, uuid: str) -> None:
+        import libvirt
+
+        try:
+            self._sync_running(domain, uuid)
+        except libvirt.libvirtError as exc:
+            # Stopped ("domain is not running") or gone while we looked at
+            # it: its own stopped/undefined event follows and syncs it again.
+            if exc.get_error_code() not in (
+                libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID,
+            ):
+                raise
+            self._synced.pop(uuid, None)
+            log.debug("domain %s changed state while being synced: %s", uuid,
+                      exc.get_error_message())
 
     def _sync_running(self, domain: Any, uuid: str) -> None:
         import libvirt

@@ -202,9 +202,9 @@ def test_live_metadata_follows_define_start_destroy(
     # Destroyed: the live copy is gone with the live definition; the release
     # hook removed the record and the socket; the persistent copy remains.
     daemon.virsh("destroy", name)
-    monitor.wait_for(f"({uuid})", times=1)
-    assert virsh_metadata(daemon, name) == config
     wait_until(lambda: registry.get(uuid) is None, "the record to go")
+    assert virsh_metadata(daemon, name) == config
+    assert libvirt_metadata(conn, name, 0) == config
     assert not os.path.exists(socket_path)
 
     daemon.virsh("undefine", name)
