@@ -56,7 +56,10 @@ def test_lifecycle_events_drive_live_metadata_and_registry(settings: Settings, c
         domain = conn.defineXML(make_domain_xml(domain_name("life"), channels, uuid))
         try:
             domain.create()
-            wait_until(lambda: live_metadata(domain) is not None, "live metadata after start")
+            # The live definition starts as a copy of the persistent one (no
+            # state); the monitor's write is the copy with state="running".
+            wait_until(lambda: (live_metadata(domain) or metadata.Metadata(())).state == "running",
+                       "live metadata after start")
             live = live_metadata(domain)
             assert live == metadata.Metadata(tuple(channels), "running")
             wait_until(lambda: record_state(settings, uuid) == "running", "a running record")
