@@ -10,6 +10,8 @@ record of a domain that no longer exists.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -196,6 +198,12 @@ def test_live_metadata_follows_define_start_destroy(
     record = registry.get(uuid)
     assert record is not None and record.state == "running" and record.driver == "qemu"
     assert {c.name: c.path for c in record.channels}["org.example.console.0"] == pty
+    # `xen-channel show --json` (the registry, no libvirt) has the live state and pty.
+    out = io.StringIO()
+    assert cli_main(["show", "--json", name], stdout=out) == 0
+    shown = json.loads(out.getvalue())
+    assert shown["state"] == "running"
+    assert {c["name"]: c["path"] for c in shown["channels"]}["org.example.console.0"] == pty
     # The persistent copy is untouched by the live write.
     assert virsh_metadata(daemon, name, "--config") == config
 
