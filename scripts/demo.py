@@ -606,16 +606,26 @@ class Scenario:
         if self.qemu is not None:
             self.qemu.close()  # QEMU exits with the domain
             self.qemu = None
+        directory = os.path.dirname(self.socket_path)
+        registry = Registry(str(self.rundir))
+        # QEMU unlinks its listening socket when it exits; the directory and
+        # the record are left for the hooks.
+        if not os.path.isdir(directory) or registry.get(DOMAIN_UUID) is None:
+            raise StepFailed("the socket directory or the record vanished before the hooks ran")
         xml = self.dom.XMLDesc()
         self.hook("stopped", "end", xml)
         self.hook("release", "end", xml)
         self.hooks_done = True
-        directory = os.path.dirname(self.socket_path)
         if os.path.lexists(self.socket_path) or os.path.lexists(directory):
             raise StepFailed(f"{directory} is still there")
-        if Registry(str(self.rundir)).get(DOMAIN_UUID) is not None:
+        if registry.get(DOMAIN_UUID) is not None:
             raise StepFailed("the registry still holds the domain")
-        return "domain destroyed; socket, its directory and the registry record are gone"
+        listed = checked(xen_channel("list"), "xen-channel list").strip().splitlines()
+        if listed[1:]:  # more than the heading
+            raise StepFailed(f"xen-channel list still shows: {listed[1]}")
+        self.log.detail("xen-channel list: no domains registered")
+        return (f"domain destroyed; the hooks removed {os.path.basename(directory)}/ "
+                "and the registry record")
 
     # -- teardown -----------------------------------------------------------------
 
