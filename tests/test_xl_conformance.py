@@ -11,16 +11,22 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 from convert_cases import into_cfg_outputs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_translate_properties import cfg_spellings
 from test_xlcfg import STRICTER_THAN_XL
 from xl_cases import XlCase, load_cases, simplify
 from xl_dryrun import PREFIX, dry_run, require_xl
 
 from xen_channel_backend import xlcfg
-from xen_channel_backend.errors import XenChannelError
+from xen_channel_backend.errors import XenChannelError, XlConfigError
+from xen_channel_backend.model import Channel
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +151,154 @@ def test_research_case_accept_reject_matches_live_xl(case: XlCase, tmp_path: Pat
         assert mine is None
     else:
         assert mine == [simplify(c) for c in result.channels]
+
+
+# --- 4. differential: random inputs, same verdict as xl ---------------------------------
+
+# Setting names xl does not interpret, so only the file syntax decides.
+_SOUP_TOKENS = st.sampled_from(
+    [
+        "xcb.a",
+        "xcb_b",
+        " ",
+        "\t",
+        "\n",
+        "=",
+        "+=",
+        ";",
+        ",",
+        "[",
+        "]",
+        "#",
+        "# c\n",
+        "'",
+        '"',
+        "\\",
+        "\\n",
+        "\\t",
+        "\\x41",
+        "\\0",
+        "\\012",
+        "\\q",
+        "0x1f",
+        "12",
+        "9z",
+        "'text'",
+        '"text"',
+        '"a\\"b"',
+        "'it''s'",
+        "\r",
+        "é",
+        "(",
+        ")",
+        ":",
+        "-",
+        ".",
+        "A",
+    ]
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("XCB_XL_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(soup=st.lists(_SOUP_TOKENS, max_size=25).map("".join))
+def test_file_syntax_verdict_matches_xl_on_token_soup(soup: str, tmp_path: Path) -> None:
+    cfg = PREFIX + soup
+    xl_accepts = dry_run(cfg, tmp_path).rc == 0
+    try:
+        xlcfg.parse_config(cfg.encode("utf-8"), "soup.cfg")
+        we_accept = True
+    except XlConfigError:
+        we_accept = False
+    if xl_accepts and not we_accept and re.search(r"\\[0-7]", soup):
+        return  # octal escapes: xl drops bytes silently, we refuse (STRICTER_FILE_SYNTAX)
+    assert we_accept == xl_accepts, f"xl {'accepts' if xl_accepts else 'refuses'} {cfg!r}"
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=cfg_spellings())
+def test_xl_reads_every_spelling_as_we_do(case: tuple[str, list[Channel]], tmp_path: Path) -> None:
+    text, chans = case
+    result = dry_run(PREFIX + text, tmp_path)
+    assert result.rc == 0, result.stderr
+    assert [simplify(c) for c in result.channels] == [
+        (c.name, c.connection.value, c.path) for c in chans
+    ]
+
+
+_SPEC_TOKENS = st.sampled_from(
+    [
+        "connection",
+        "name",
+        "path",
+        "backend",
+        "foo",
+        "Name",
+        "=",
+        "==",
+        ",",
+        ",,",
+        " ",
+        "\t",
+        "pty",
+        "socket",
+        "PTY",
+        "a.b",
+        "org.example.x",
+        "/run/s",
+        "/run/a b",
+        "relative",
+        "Domain-0",
+        "",
+    ]
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("XCB_XL_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(specs=st.lists(st.lists(_SPEC_TOKENS, max_size=14).map("".join), min_size=1, max_size=3))
+def test_spec_soup_we_never_accept_what_xl_refuses_or_read_it_otherwise(
+    specs: list[str], tmp_path: Path
+) -> None:
+    cfg = PREFIX + "channel = [ " + ", ".join(f'"{s}"' for s in specs) + " ]\n"
+    result = dry_run(cfg, tmp_path)
+    mine = ours(cfg)
+    if mine is not None:
+        assert result.rc == 0, f"we accept what xl refuses: {cfg!r} {result.stderr}"
+        assert [simplify(c) for c in result.channels] == mine
+    elif result.rc == 0:
+        # We refused what xl accepts: only for a reason listed in the module docstring.
+        assert any(reason(specs) for reason in (_breaks_our_rules, _xl_would_lose_data)), (
+            f"refused without a documented reason: {cfg!r}"
+        )
+
+
+def _xl_would_lose_data(specs: list[str]) -> bool:
+    # A piece with two '=' (xl keeps only two parts), or an empty/blank value.
+    return any(
+        piece.count("=") > 1 or (piece.count("=") == 1 and not piece.split("=")[1].strip())
+        for spec in specs
+        for piece in spec.split(",")
+    )
+
+
+def _breaks_our_rules(specs: list[str]) -> bool:
+    # A missing or invalid name, or a path that is not a valid socket path.
+    for spec in specs:
+        try:
+            xlcfg.parse_spec(spec)
+        except XlConfigError as exc:
+            cause = exc.__cause__
+            if cause is not None or "has no name" in str(exc):
+                return True
+    return False

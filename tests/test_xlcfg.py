@@ -113,6 +113,12 @@ def test_file_syntax_errors(text: str, line: int, detail: str) -> None:
     assert info.value.line == line and detail in info.value.detail, str(info.value)
 
 
+@pytest.mark.parametrize("last", ["#", "(", "\r", '"', "A"])
+def test_a_stray_last_byte_is_ignored_like_xl(last: str) -> None:
+    config = xlcfg.parse_config(f"a = 1\n{last}".encode(), "f.cfg")
+    assert config.value("a") == xlcfg.Atom("1", 1)
+
+
 def test_not_utf8_is_refused_with_its_line() -> None:
     with pytest.raises(XlConfigError) as info:
         xlcfg.parse_config(b'a = 1\nb = "\xff"\n', "f.cfg")
