@@ -8,11 +8,15 @@ measures time: waits have generous deadlines and only bound a hang.
 from __future__ import annotations
 
 import grp
+import io
+import json
 import os
 import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +32,8 @@ from broker_fixtures import (
     write_record,
 )
 
-from xen_channel_backend.broker import broker_socket_for
+from xen_channel_backend import cli
+from xen_channel_backend.broker import DROP_LOG_LIMIT, broker_socket_for
 from xen_channel_backend.model import MAX_SOCKET_PATH
 from xen_channel_backend.protocol import MAX_FRAME, encode
 from xen_channel_backend.registry import Registry
@@ -62,12 +67,14 @@ def broker(rundir: Path, tmp_path: Path) -> Iterator[BrokerProcess]:
 class Domain:
     """A running domain: registry record, a QEMU stand-in per channel, the guest ends."""
 
-    def __init__(self, rundir: Path, uuid: str, name: str, channels: tuple[str, ...]) -> None:
+    def __init__(
+        self, rundir: Path, uuid: str, name: str, channels: tuple[str, ...], guests: bool = True
+    ) -> None:
         self.uuid = uuid
         self.name = name
         self.paths = write_record(rundir, uuid, name, list(channels), state="preparing")
         self.qemu = {c: BackendStandin(p).start() for c, p in self.paths.items()}
-        self.guests = {c: Guest(q.open_guest()) for c, q in self.qemu.items()}
+        self.guests = {c: Guest(q.open_guest()) for c, q in self.qemu.items()} if guests else {}
         # Running only now, as the start hook records it once QEMU listens.
         write_record(rundir, uuid, name, list(channels))
 
@@ -91,9 +98,10 @@ def domains(rundir: Path) -> Iterator[dict[str, Domain]]:
 
 
 def start_domain(
-    rundir: Path, made: dict[str, Domain], uuid: str, name: str, *channels: str
+    rundir: Path, made: dict[str, Domain], uuid: str, name: str, *channels: str,
+    guests: bool = True,
 ) -> Domain:
-    made[name] = Domain(rundir, uuid, name, channels or (CHANNEL,))
+    made[name] = Domain(rundir, uuid, name, channels or (CHANNEL,), guests)
     return made[name]
 
 
@@ -398,3 +406,49 @@ def test_an_unreadable_registry_record_does_not_cut_served_domains_off(
     corrupt.unlink()
     broker.wait_log("registry readable again")
     assert "stopped serving" not in broker.log()
+
+
+def test_xen_channel_send_through_the_broker_to_the_real_guest_agent(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain], tmp_path: Path
+) -> None:
+    """The seed scenario with a monitoring consumer attached: both are served."""
+    vm = start_domain(rundir, domains, UUID_A, "vm-a", guests=False)
+    devdir, root = tmp_path / "dev", tmp_path / "root"
+    devdir.mkdir()
+    root.mkdir()
+    os.symlink(vm.qemu[CHANNEL].guest_tty, devdir / CHANNEL)
+    agent = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from xen_channel_backend.guest_agent import main; "
+         "sys.exit(main())", "--channel", CHANNEL, "--root", str(root), "--devdir", str(devdir)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        monitor = connected(broker, vm)
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"hostname": "vm-a.example.org"}))
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(
+            ["send", "--rundir", str(rundir), "vm-a", CHANNEL, "--config", str(config),
+             "--timeout", "20", "--json"],
+            stdin=io.StringIO(""), stdout=out, stderr=err,
+        )
+        assert code == 0, err.getvalue()
+        assert json.loads(out.getvalue())["status"] == "ok"
+        # The monitoring consumer saw the guest's answers too.
+        monitor.reader.wait_message(lambda m: m["type"] == "ack", "the ack at the monitor")
+        assert any(m["type"] == "hello-ack" for m in monitor.reader.messages())
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_a_flood_of_garbage_is_logged_a_bounded_number_of_times(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    consumer = connected(broker, vm)
+    vm.guest().write(b"\xffgarbage\n" * 500)
+    vm.guest().send({"type": "pong", "id": "after-flood"})
+    consumer.reader.wait_message(lambda m: m["id"] == "after-flood", "the frame after the flood")
+    assert consumer.reader.messages() == [{"type": "pong", "id": "after-flood"}]
+    assert 0 < broker.log().count("dropped a frame from the guest") <= DROP_LOG_LIMIT

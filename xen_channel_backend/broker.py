@@ -76,6 +76,9 @@ CONSUMER_BACKLOG_LIMIT: Final = 4 * MAX_FRAME
 UPSTREAM_HIGH_WATER: Final = 2 * MAX_FRAME
 UPSTREAM_LOW_WATER: Final = MAX_FRAME // 4
 
+DROP_LOG_LIMIT: Final = 20
+DROP_LOG_WINDOW: Final = 60.0
+
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 2.0
 #: A connection that lasted this long counts as healthy: the next retry
@@ -218,6 +221,7 @@ class _Consumer:
         self.splitter = FrameSplitter()
         self.outgoing = bytearray()
         self.events = 0
+        self.closed = False
 
 
 class _Link:
@@ -240,6 +244,9 @@ class _Link:
         self.next_attempt = 0.0
         self.consumers: list[_Consumer] = []
         self.reading_consumers = True
+        self.drop_window_start = -DROP_LOG_WINDOW
+        self.drops_logged = 0
+        self.drops_unlogged = 0
 
 
 class Broker:
@@ -418,7 +425,8 @@ class Broker:
                 os.unlink(link.consumer_path)
 
     def _on_accept(self, link: _Link) -> None:
-        assert link.listener is not None
+        if link.listener is None:
+            return  # closed earlier in this batch of events
         while True:
             try:
                 sock, _addr = link.listener.accept()
@@ -454,6 +462,8 @@ class Broker:
         consumer.events = events
 
     def _on_consumer(self, consumer: _Consumer, mask: int) -> None:
+        if consumer.closed:
+            return  # dropped earlier in this batch of events
         if mask & selectors.EVENT_WRITE and not self._flush_consumer(consumer):
             return
         if mask & selectors.EVENT_READ and consumer.link.reading_consumers:
@@ -479,14 +489,10 @@ class Broker:
         for item in consumer.splitter.feed(data):
             frame = _checked(item)
             if isinstance(frame, str):
-                log.warning(
-                    "broker: %s: dropped a frame from consumer %s: %s",
-                    link.spec.label, consumer.peer, frame,
-                )
+                self._log_drop(link, f"dropped a frame from consumer {consumer.peer}: {frame}")
             elif link.upstream is None or link.upstream_connecting:
-                log.warning(
-                    "broker: %s: dropped a frame from consumer %s: not connected to QEMU",
-                    link.spec.label, consumer.peer,
+                self._log_drop(
+                    link, f"dropped a frame from consumer {consumer.peer}: not connected to QEMU"
                 )
             else:
                 link.upstream_outgoing += frame
@@ -513,8 +519,29 @@ class Broker:
             self.selector.unregister(consumer.sock)
             consumer.events = 0
         consumer.sock.close()
+        consumer.closed = True
         if why is not None:
             log.info("broker: %s: consumer %s %s", link.spec.label, consumer.peer, why)
+
+    def _log_drop(self, link: _Link, what: str) -> None:
+        """Log a dropped frame, at most DROP_LOG_LIMIT lines per channel per window.
+
+        A guest spewing garbage must not flood the journal; the count of
+        lines left out is reported with the first drop of the next window.
+        """
+        now = time.monotonic()
+        if now - link.drop_window_start >= DROP_LOG_WINDOW:
+            if link.drops_unlogged:
+                log.warning(
+                    "broker: %s: %d more dropped frames were not logged",
+                    link.spec.label, link.drops_unlogged,
+                )
+            link.drop_window_start, link.drops_logged, link.drops_unlogged = now, 0, 0
+        if link.drops_logged < DROP_LOG_LIMIT:
+            link.drops_logged += 1
+            log.warning("broker: %s: %s", link.spec.label, what)
+        else:
+            link.drops_unlogged += 1
 
     def _set_reading_consumers(self, link: _Link, reading: bool) -> None:
         if link.reading_consumers == reading:
@@ -531,7 +558,11 @@ class Broker:
                 self._connect_upstream(link, now)
 
     def _connect_upstream(self, link: _Link, now: float) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:  # EMFILE: retry later, keep serving the rest
+            self._connect_failed(link, now, _describe(exc))
+            return
         code = sock.connect_ex(link.spec.path)
         if code in (errno.EINPROGRESS, errno.EAGAIN):
             # A full listen backlog: wait for the socket to become writable.
@@ -564,13 +595,20 @@ class Broker:
         log.info("broker: %s: connected to QEMU socket %s", link.spec.label, shown(link.spec.path))
 
     def _set_upstream_events(self, link: _Link, events: int) -> None:
-        assert link.upstream is not None
+        sock = link.upstream
+        assert sock is not None
         if events == link.upstream_events:
             return
+
+        def callback(mask: int) -> None:
+            # Events for a socket closed earlier in the same batch are stale.
+            if link.upstream is sock:
+                self._on_upstream(link, mask)
+
         if link.upstream_events == 0:
-            self.selector.register(link.upstream, events, lambda m: self._on_upstream(link, m))
+            self.selector.register(sock, events, callback)
         else:
-            self.selector.modify(link.upstream, events, lambda m: self._on_upstream(link, m))
+            self.selector.modify(sock, events, callback)
         link.upstream_events = events
 
     def _on_upstream(self, link: _Link, mask: int) -> None:
@@ -606,9 +644,7 @@ class Broker:
         for item in link.upstream_splitter.feed(data):
             frame = _checked(item)
             if isinstance(frame, str):
-                log.warning(
-                    "broker: %s: dropped a frame from the guest: %s", link.spec.label, frame
-                )
+                self._log_drop(link, f"dropped a frame from the guest: {frame}")
                 continue
             for consumer in list(link.consumers):
                 if len(consumer.outgoing) + len(frame) > CONSUMER_BACKLOG_LIMIT:
@@ -622,7 +658,8 @@ class Broker:
                 self._flush_consumer(consumer)
 
     def _flush_upstream(self, link: _Link) -> None:
-        assert link.upstream is not None
+        if link.upstream is None:
+            return
         try:
             sent = link.upstream.send(link.upstream_outgoing)
         except (BlockingIOError, InterruptedError):
