@@ -254,7 +254,7 @@ def test_100_concurrent_writer_processes_leave_every_record_right(tmp_path: Path
         assert reg.claim_owner(f"/srv/s/{i}/b") == uuid
 
 
-def _write_forever(rundir: str) -> None:
+def _write_forever(rundir: str, writes: Any) -> None:
     reg = Registry(rundir)
     states = (PREPARING, RUNNING)
     n = os.getpid()  # vary which record each writer starts with
@@ -263,6 +263,7 @@ def _write_forever(rundir: str) -> None:
         rec = record(UUID_A, f"vm{n % 2}", f"/srv/k/{n % 2}", state=states[n % 2])
         reg.claim_paths(rec)
         reg.put(rec)
+        writes.value += 1
 
 
 def test_writer_sigkilled_in_a_loop_never_leaves_a_corrupt_record(tmp_path: Path) -> None:
@@ -274,9 +275,16 @@ def test_writer_sigkilled_in_a_loop_never_leaves_a_corrupt_record(tmp_path: Path
     rng = random.Random(1234)
     seen = set()
     for _ in range(200):
-        writer = fork.Process(target=_write_forever, args=(rundir,))
+        writes = fork.Value("i", 0)
+        writer = fork.Process(target=_write_forever, args=(rundir, writes))
         writer.start()
-        time.sleep(rng.uniform(0.0, 0.02))
+        # Half the kills land before the first write completes, half later,
+        # at a random point inside some later write.
+        if rng.random() < 0.5:
+            deadline = time.monotonic() + 30
+            while writes.value < 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        time.sleep(rng.uniform(0.0, 0.01))
         os.kill(writer.pid, signal.SIGKILL)  # type: ignore[arg-type]
         writer.join(10)
         current = reg.get(UUID_A)  # raises RegistryError on a torn record
