@@ -24,6 +24,8 @@ Why it is safe:
   so a claim file is never seen empty.  ``owned/<uuid>.json`` is written
   before the links, so even after SIGKILL every claim of a domain is listed
   there and :meth:`Registry.release` finds it without scanning.
+* A writer killed mid-write can leave a ``.*.tmp`` file behind; readers skip
+  dot-files, and the run directory is on tmpfs (/run), so they go at reboot.
 * Another domain's claim is never taken over: the owner's own release
   (libvirt calls ``release`` after every stop and failed start, FACTS §1)
   frees it.  A claim of the same UUID is simply kept.
