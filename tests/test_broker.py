@@ -452,3 +452,16 @@ def test_a_flood_of_garbage_is_logged_a_bounded_number_of_times(
     consumer.reader.wait_message(lambda m: m["id"] == "after-flood", "the frame after the flood")
     assert consumer.reader.messages() == [{"type": "pong", "id": "after-flood"}]
     assert 0 < broker.log().count("dropped a frame from the guest") <= DROP_LOG_LIMIT
+
+
+def test_a_channel_path_near_the_limit_is_served_on_the_hashed_sibling(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    prefix = len(f"{rundir}/{UUID_A}/".encode())
+    name = "org.example." + "a" * (MAX_SOCKET_PATH - prefix - len("org.example."))
+    vm = start_domain(rundir, domains, UUID_A, "vm-a", name)
+    assert len(vm.paths[name].encode()) == MAX_SOCKET_PATH
+    assert os.path.basename(vm.consumer_path(name)).startswith("@")
+    consumer = connected(broker, vm, name)
+    consumer.send({"type": "ping", "id": "long"})
+    vm.guest(name).reader.wait_message(lambda m: m["id"] == "long", "ping on the long path")

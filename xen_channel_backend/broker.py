@@ -115,9 +115,10 @@ def broker_socket_for(qemu_socket_path: str) -> str:
 
 
 def _temporary_sibling(path: str) -> str:
-    # Same length as the hashed form, so whatever fits for it fits here.
-    name = _HASHED_PREFIX + secrets.token_hex(_HASH_HEX // 2 - 2) + ".tmp"
-    return os.path.join(os.path.dirname(path), name)
+    """A random name to bind under before renaming to ``path``; never longer than it."""
+    directory, base = os.path.split(path)
+    size = min(len(_HASHED_PREFIX) + _HASH_HEX, len(base.encode("utf-8", "surrogateescape")))
+    return os.path.join(directory, (_HASHED_PREFIX + secrets.token_hex(_HASH_HEX))[:size])
 
 
 # --- registry adapter -----------------------------------------------------
