@@ -111,7 +111,7 @@ def channel_lists(draw: st.DrawFn) -> list[Channel]:
     ]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(channels=channel_lists(), state=st.none() | st.sampled_from(metadata.STATES))
 def test_any_channel_list_validates_and_round_trips(
     schema: etree.RelaxNG, channels: list[Channel], state: str | None
@@ -368,3 +368,77 @@ def test_missing_metadata_is_libvirt_error_80(test_domain: libvirt.virDomain) ->
         test_domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE,
                              libvirt.VIR_DOMAIN_AFFECT_CONFIG)
     assert caught.value.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA
+
+
+# --- what fill and define write ---------------------------------------------------
+
+FILL_INPUT = """<domain type='test'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <metadata>
+    {foreign}
+  </metadata>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <channel type='unix'><target type='xen' name='org.example.config.0'/></channel>
+    <channel type='pty'><target type='xen' name='org.example.debug.0'/></channel>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+  </devices>
+</domain>
+"""
+
+
+@pytest.fixture
+def fill_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A short run directory (paths.MAX_RUNDIR) and no host config file."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="xcb-", dir="/tmp")
+    monkeypatch.setenv("XEN_CHANNEL_CONFIG", "/dev/null")
+    monkeypatch.delenv("XEN_CHANNEL_RUNDIR", raising=False)
+    try:
+        yield f"{top}/run"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_fill_output_metadata_validates_and_defines_on_test_driver(
+    schema: etree.RelaxNG, conn: libvirt.virConnect, fill_env: str, tmp_path: pathlib.Path
+) -> None:
+    import io
+
+    from xen_channel_backend.cli import main
+
+    name = f"xcb-md-{uuidlib.uuid4().hex[:12]}"
+    source = tmp_path / "in.xml"
+    source.write_text(FILL_INPUT.format(name=name, uuid=uuidlib.uuid4(), foreign=FOREIGN))
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["fill", "--all-targets", "--rundir", fill_env, str(source)],
+                stdout=out, stderr=err) == 0, err.getvalue()
+    root = etree.fromstring(out.getvalue().encode())
+    element = our_element(root)
+    assert_valid(schema, element)
+    channels = metadata.read_domain_metadata(root)
+    assert [(c.name, c.connection.value, c.target.value) for c in channels] == [
+        ("org.example.config.0", "socket", "xen"),
+        ("org.example.debug.0", "pty", "xen"),
+        ("org.qemu.guest_agent.0", "socket", "virtio"),
+    ]
+    assert all(c.path and c.path.startswith(fill_env + "/") for c in channels
+               if c.connection is Connection.SOCKET)
+    assert root.find("metadata/{http://example.org/app/1}settings") is not None
+
+    # define: the same, defined through libvirt-python; read it back through libvirt.
+    assert main(["define", "--all-targets", "--rundir", fill_env, "--connect",
+                 "test:///default", str(source)], stdout=out, stderr=err) == 0, err.getvalue()
+    domain = conn.lookupByName(name)
+    try:
+        text = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE,
+                               libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        assert list(metadata.parse_metadata(text, name).channels) == channels
+        config = etree.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        assert_valid(schema, our_element(config))
+    finally:
+        domain.undefine()
