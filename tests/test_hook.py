@@ -319,6 +319,38 @@ def test_reconnect_with_a_conflicting_path_still_exits_0(host: HookHost) -> None
     assert (code, out) == (0, "") and "already claimed" in err
 
 
+def test_release_after_a_conflicting_reconnect_spares_the_owners_socket(host: HookHost) -> None:
+    path = os.path.join(host.extra_root, "s")
+    one, two = new_uuid(), new_uuid()
+    xml1 = domain_xml("one", one, [channel_xml("unix", "xen", "a.0", path)])
+    xml2 = domain_xml("two", two, [channel_xml("unix", "xen", "a.0", path)])
+    assert call(host, "libxl", "prepare", "begin", xml1)[0] == 0
+    stale_socket(path)  # domain one's live socket, as far as files go
+    assert call(host, "libxl", "reconnect", "begin", xml2, domain="two")[0] == 0
+    code, _, err = call(host, "libxl", "release", "end", xml2, domain="two")
+    assert code == 0 and "claimed by another domain" in err
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert Registry(host.rundir).claim_owner(path) == one
+
+
+def test_hook_never_scans_the_registry(host: HookHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its cost must not grow with the number of domains (Registry.list scans)."""
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+
+    def scan(self: Registry) -> list[object]:
+        raise AssertionError("Registry.list() called from a hook")
+
+    monkeypatch.setattr(Registry, "list", scan)
+    for op, subop in (("prepare", "begin"), ("start", "begin"), ("started", "begin"),
+                      ("reconnect", "begin"), ("stopped", "end"), ("release", "end")):
+        assert call(host, "libxl", op, subop, xml) == (0, "", ""), op
+    other = xen_domain(host, new_uuid(), "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", other) == (0, "", "")
+    assert call(host, "libxl", "release", "end", other) == (0, "", "")
+
+
 def test_reconnect_with_unreadable_settings_exits_0(host: HookHost) -> None:
     with open(host.config, "w") as handle:
         handle.write("not an ini file")

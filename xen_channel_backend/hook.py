@@ -194,6 +194,19 @@ class HookCall:
         return canonical_uuid(domain.uuid), domain.name or self.domain
 
 
+def _registered(registry: Registry, uuid: str) -> DomainRecord | None:
+    """The record of ``uuid``, without Registry.get's fallback scan by name.
+
+    get() treats a miss as "maybe a domain *named* like this UUID" and scans
+    every record; a hook knows it has a UUID, and its cost must not grow with
+    the number of domains, so it looks for the record file (registry.py's
+    documented ``domains/<uuid>.json``) first.
+    """
+    if not os.path.exists(os.path.join(registry.records_dir, f"{uuid}.json")):
+        return None
+    return registry.get(uuid)
+
+
 def _record(
     call: HookCall, uuid: str, name: str, state: str, channels: Sequence[ChannelRecord]
 ) -> DomainRecord:
@@ -225,7 +238,7 @@ def prepare(call: HookCall) -> int:
         assert channel.path is not None
         check_explicit_path(settings, uuid, channel.name, channel.path)
     registry = call.registry()
-    previous = registry.get(uuid)
+    previous = _registered(registry, uuid)
     record = _record(call, uuid, name, PREPARING,
                      [ChannelRecord.from_channel(c) for c in domain.channels])
     registry.claim_paths(record)
@@ -378,7 +391,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     domain = call.scan()
     uuid, name = call.identity(domain)
     registry = call.registry()
-    previous = registry.get(uuid)
+    previous = _registered(registry, uuid)
     ours = {c.path for c in previous.channels if c.created_dir} if previous else set()
     # The domain's own directory is ours even when the record is gone (a
     # reconnect after the registry was lost), as at prepare.
@@ -428,16 +441,21 @@ def release(call: HookCall) -> int:
     uuid, name = call.identity(domain)
     settings = call.settings()
     registry = call.registry()
-    record = registry.get(uuid)
+    record = _registered(registry, uuid)
     if record is None:
         return 0
     for channel in record.channels:
         path = channel.path
         if channel.connection is not Connection.SOCKET or not path:
             continue
-        # Only inside the allowed roots: the record is ours, but a path in it
-        # must still never lead us to delete something elsewhere.
+        # Only inside the allowed roots, and only while we hold the claim (a
+        # reconnect may have recorded a path another domain owns): the
+        # record is ours, but must never lead us to delete anything else.
         if not is_within(path, settings.allowed_roots, strict=True):
+            continue
+        if registry.claim_owner(path) != uuid:
+            log.warning("domain %s: left %s alone: its path is claimed by another domain",
+                        shown(name), shown(path))
             continue
         _remove_stale_socket(channel.name or "channel", path, refuse_other=False)
         if channel.created_dir:
