@@ -8,6 +8,7 @@ restarted, QEMU ptys, virsh) is in tests/integration/test_monitor_libvirtd.py.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -189,6 +190,14 @@ def test_second_reconcile_with_no_changes_does_no_work(settings: Settings, conn:
         assert uuid in first.synced
         assert live_metadata(domain) == metadata.Metadata((PTY,), "running")
         assert monitor.reconcile().synced == []
+        # Someone else rewrites the record behind the monitor's back: the
+        # next reconcile notices (the listed record differs) and fixes it.
+        registry = Registry(settings.rundir)
+        record = registry.get(uuid)
+        assert record is not None and record.state == "running"
+        registry.put(dataclasses.replace(record, state="stopped"))
+        assert monitor.reconcile().synced == [uuid]
+        assert record_state(settings, uuid) == "running"
     finally:
         domain.destroy()
         monitor.close()

@@ -151,10 +151,11 @@ class Monitor:
         self._pending: deque[str] = deque()
         self._connection_lost = False
         self._stopping = False
-        # UUID -> domain id when we last synced it while running; a running
-        # domain keeps its id, so reconcile skips it until an event or a
-        # restart (a new id) says something changed.
-        self._synced: dict[str, int] = {}
+        # UUID -> (domain id, registry record) when we last synced it while
+        # running.  A running domain keeps its id, so reconcile skips it
+        # while both are unchanged; an event, a restart (a new id) or a
+        # record rewritten by someone else makes it sync again.
+        self._synced: dict[str, tuple[int, DomainRecord | None]] = {}
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # --- lifecycle ------------------------------------------------------------
@@ -374,7 +375,7 @@ class Monitor:
                 if known is not None and known.state == "running":
                     self._sync_inactive(uuid)
                 continue
-            if self._synced.get(uuid) == domain_id:
+            if self._synced.get(uuid) == (domain_id, recorded.get(uuid)):
                 continue
             self._sync_active(domain, uuid)
             report.synced.append(uuid)
@@ -425,7 +426,7 @@ class Monitor:
         record = self._record(uuid)
         managed = _managed_names(record, current)
         if not managed:
-            self._synced[uuid] = domain.ID()
+            self._synced[uuid] = (domain.ID(), record)
             return  # not a domain of ours
         channels = _live_channels(root, managed, label)
         wanted = metadata.Metadata(tuple(channels), "running")
@@ -436,26 +437,27 @@ class Monitor:
                 metadata.PREFIX, metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE,
             )
             log.info("%s: live metadata written (%s)", label, _describe(channels))
-        self._update_record(record, uuid, name, channels, label)
-        self._synced[uuid] = domain.ID()
+        record = self._update_record(record, uuid, name, channels, label)
+        self._synced[uuid] = (domain.ID(), record)
 
     def _update_record(
         self, record: DomainRecord | None, uuid: str, name: str, channels: list[Channel],
         label: str,
-    ) -> None:
+    ) -> DomainRecord | None:
+        """Record ``running`` and the live pty paths; return the record as now stored."""
         from .registry import ChannelRecord, DomainRecord
 
         live = {c.name: c for c in channels}
         if record is None:
             if self.driver is None:
-                return
+                return None
             new = DomainRecord(uuid, name, self.driver, "running",
                                tuple(ChannelRecord.from_channel(c) for c in channels))
             self.registry.put(new)
             log.info("%s: registered %d channels from its metadata", label, len(channels))
-            return
+            return new
         if record.state == "preparing":
-            return  # the hooks are between prepare and started; they own it now
+            return record  # the hooks are between prepare and started; they own it now
         updated = dataclasses.replace(
             record, name=name, state="running",
             channels=tuple(_with_live_path(c, live.get(c.name)) for c in record.channels),
@@ -463,6 +465,7 @@ class Monitor:
         if updated != record:
             self.registry.put(updated)
             log.info("%s: registry record updated (state running, %s)", label, _describe(channels))
+        return updated
 
     def _sync_inactive(self, uuid: str) -> None:
         """A defined domain that is not running: a "running" record is out of date.
