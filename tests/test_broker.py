@@ -33,7 +33,7 @@ from broker_fixtures import (
 )
 
 from xen_channel_backend import cli
-from xen_channel_backend.broker import DROP_LOG_LIMIT, broker_socket_for
+from xen_channel_backend.broker import CONSUMER_BACKLOG_LIMIT, DROP_LOG_LIMIT, broker_socket_for
 from xen_channel_backend.model import MAX_SOCKET_PATH
 from xen_channel_backend.protocol import MAX_FRAME, encode
 from xen_channel_backend.registry import Registry
@@ -353,7 +353,7 @@ def test_broker_killed_and_restarted_replaces_stale_sockets_and_serves_again(
 
     second = BrokerProcess(rundir, tmp_path / "second.log")
     try:
-        second.wait_log("replacing stale consumer socket")
+        second.wait_log("replaced stale consumer socket")
         consumer = connected(second, vm)
         consumer.send({"type": "ping", "id": "after-restart"})
         vm.guest().reader.wait_message(lambda m: m["id"] == "after-restart", "ping")
@@ -465,3 +465,20 @@ def test_a_channel_path_near_the_limit_is_served_on_the_hashed_sibling(
     consumer = connected(broker, vm, name)
     consumer.send({"type": "ping", "id": "long"})
     vm.guest(name).reader.wait_message(lambda m: m["id"] == "long", "ping on the long path")
+
+
+def test_a_consumer_that_stops_reading_is_dropped_and_the_others_keep_up(
+    rundir: Path, broker: BrokerProcess, domains: dict[str, Domain]
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    reading = connected(broker, vm)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(vm.consumer_path())  # never reads
+    broker.wait_log("consumer pid", count=2)
+    frame = encode({"type": "pong", "id": "bulk", "pad": "z" * 65000})
+    count = 2 * CONSUMER_BACKLOG_LIMIT // len(frame)
+    vm.guest().write(frame * count)
+    wait_for(lambda: len(reading.reader.frames) >= count, "every frame at the reading consumer")
+    assert reading.reader.frames == [frame] * count
+    broker.wait_log("behind the guest")
+    stuck.close()

@@ -97,8 +97,8 @@ def broker_socket_for(qemu_socket_path: str) -> str:
     disappears with it.  Normally it is ``<path>@broker``.  When that
     would pass the 107-byte sun_path limit, the sibling is
     ``@<12 hex digits of sha256(basename)>``, which fits whenever the
-    directory leaves room for 13 bytes plus the temporary name used while
-    binding; allocated paths (rundir/UUID/name) always do.
+    directory is at most 93 bytes; allocated paths (a run directory of at
+    most 52 bytes, then the UUID) always are.
     """
     validate_path(qemu_socket_path)
     direct = qemu_socket_path + BROKER_SUFFIX
@@ -121,7 +121,7 @@ def _temporary_sibling(path: str) -> str:
     return os.path.join(directory, (_HASHED_PREFIX + secrets.token_hex(_HASH_HEX))[:size])
 
 
-# --- registry adapter -----------------------------------------------------
+# --- the registry ---------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +235,6 @@ class _Link:
         self.listener_id: tuple[int, int] | None = None
         self.listener_problem: str | None = None
         self.upstream: socket.socket | None = None
-        self.upstream_connecting = False
         self.upstream_since = 0.0
         self.upstream_events = 0
         self.upstream_splitter = FrameSplitter()
@@ -491,7 +490,7 @@ class Broker:
             frame = _checked(item)
             if isinstance(frame, str):
                 self._log_drop(link, f"dropped a frame from consumer {consumer.peer}: {frame}")
-            elif link.upstream is None or link.upstream_connecting:
+            elif link.upstream is None:
                 self._log_drop(
                     link, f"dropped a frame from consumer {consumer.peer}: not connected to QEMU"
                 )
@@ -564,18 +563,21 @@ class Broker:
         except OSError as exc:  # EMFILE: retry later, keep serving the rest
             self._connect_failed(link, now, _describe(exc))
             return
+        # A non-blocking connect on a Unix socket completes at once or fails
+        # (EAGAIN: QEMU's listen backlog is full); it is never in progress.
+        # While another client holds QEMU's one connection, the connect still
+        # succeeds into the backlog and is served when that client leaves.
         code = sock.connect_ex(link.spec.path)
-        if code in (errno.EINPROGRESS, errno.EAGAIN):
-            # A full listen backlog: wait for the socket to become writable.
-            link.upstream, link.upstream_connecting = sock, True
-            self._set_upstream_events(link, selectors.EVENT_WRITE)
-            return
         if code != 0:
             sock.close()
             self._connect_failed(link, now, os.strerror(code))
             return
         link.upstream = sock
-        self._upstream_ready(link, now)
+        link.upstream_since = now
+        link.connect_problem = None
+        link.upstream_splitter.reset()
+        self._set_upstream_events(link, selectors.EVENT_READ)
+        log.info("broker: %s: connected to QEMU socket %s", link.spec.label, shown(link.spec.path))
 
     def _connect_failed(self, link: _Link, now: float, problem: str) -> None:
         link.backoff = min(self.backoff_max, link.backoff * 2) if link.backoff else BACKOFF_FIRST
@@ -586,14 +588,6 @@ class Broker:
                 link.spec.label, shown(link.spec.path), problem, self.backoff_max,
             )
             link.connect_problem = problem
-
-    def _upstream_ready(self, link: _Link, now: float) -> None:
-        link.upstream_connecting = False
-        link.upstream_since = now
-        link.connect_problem = None
-        link.upstream_splitter.reset()
-        self._set_upstream_events(link, selectors.EVENT_READ)
-        log.info("broker: %s: connected to QEMU socket %s", link.spec.label, shown(link.spec.path))
 
     def _set_upstream_events(self, link: _Link, events: int) -> None:
         sock = link.upstream
@@ -613,16 +607,7 @@ class Broker:
         link.upstream_events = events
 
     def _on_upstream(self, link: _Link, mask: int) -> None:
-        assert link.upstream is not None
         now = time.monotonic()
-        if link.upstream_connecting:
-            code = link.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                self._close_upstream(link)
-                self._connect_failed(link, now, os.strerror(code))
-            else:
-                self._upstream_ready(link, now)
-            return
         if mask & selectors.EVENT_WRITE:
             self._flush_upstream(link)
             if link.upstream is None:
@@ -697,7 +682,6 @@ class Broker:
             link.upstream_events = 0
         link.upstream.close()
         link.upstream = None
-        link.upstream_connecting = False
         if link.upstream_outgoing:
             log.warning(
                 "broker: %s: %d bytes for the guest discarded with the connection",
@@ -759,7 +743,7 @@ def _check_directory(directory: str) -> None:
         raise _UnsafeSocketPath(f"directory {shown(directory)} is writable by group or others")
 
 
-def _check_stale(path: str) -> None:
+def _check_stale(path: str) -> bool:
     """Allow binding at ``path`` only if it is free or holds a dead socket.
 
     Never follows a symlink (lstat), never touches a regular file or a
@@ -769,7 +753,7 @@ def _check_stale(path: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISSOCK(st.st_mode):
         raise _UnsafeSocketPath(f"{shown(path)} exists and is not a socket; left alone")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -782,7 +766,7 @@ def _check_stale(path: str) -> None:
         raise _UnsafeSocketPath(f"{shown(path)} is in use by another process (another broker?)")
     if code != errno.ECONNREFUSED:
         raise _UnsafeSocketPath(f"{shown(path)} cannot be probed: {os.strerror(code)}")
-    log.info("broker: replacing stale consumer socket %s", shown(path))
+    return True
 
 
 def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, tuple[int, int]]:
@@ -795,7 +779,7 @@ def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, 
     """
     directory = os.path.dirname(path)
     _check_directory(directory)
-    _check_stale(path)
+    stale = _check_stale(path)
     group = os.lstat(directory).st_gid if gid is None else gid
     temporary = _temporary_sibling(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -805,7 +789,7 @@ def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, 
             os.chown(temporary, -1, group, follow_symlinks=False)
             os.chmod(temporary, 0o660)  # a fresh socket in a directory only we may write
             sock.listen(64)
-            _check_stale(path)
+            stale = _check_stale(path)  # again: it may have changed while we bound
             os.rename(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -815,6 +799,8 @@ def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, 
     except BaseException:
         sock.close()
         raise
+    if stale:
+        log.info("broker: replaced stale consumer socket %s", shown(path))
     return sock, (st.st_dev, st.st_ino)
 
 
