@@ -482,3 +482,24 @@ def test_a_consumer_that_stops_reading_is_dropped_and_the_others_keep_up(
     assert reading.reader.frames == [frame] * count
     broker.wait_log("behind the guest")
     stuck.close()
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    err = io.StringIO()
+    code = cli.main(list(argv), stdin=io.StringIO(""), stdout=io.StringIO(), stderr=err)
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--group", "no-such-group-xcb"], "--group: no such group 'no-such-group-xcb'"),
+        (["--poll-interval", "0"], "--poll-interval must be a positive number of seconds"),
+        (["--poll-interval", "nan"], "--poll-interval must be a positive number of seconds"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(
+    rundir: Path, argv: list[str], message: str
+) -> None:
+    code, err = run_cli("broker", "--rundir", str(rundir), *argv)
+    assert (code, err) == (2, f"xen-channel: error: {message}\n")

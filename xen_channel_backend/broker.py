@@ -44,7 +44,14 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from .errors import InvalidSocketPath, RegistryError, UsageError, XenChannelError, shown
+from .errors import (
+    InvalidSocketPath,
+    RegistryError,
+    SettingsError,
+    UsageError,
+    XenChannelError,
+    shown,
+)
 from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
 from .registry import RUNNING, Registry
@@ -804,12 +811,13 @@ def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, 
     return sock, (st.st_dev, st.st_ino)
 
 
-def resolve_group(group: str | None) -> int | None:
-    """The gid for ``--group`` or the settings' group (a name or a number).
+def resolve_group(group: str | None, source: str = "--group") -> int | None:
+    """The gid for a group name or number; ``source`` names where it came from.
 
     None means "the group of the socket's directory", which the prepare
     hook gives the configured group (issue 3), so that is the right
-    default too.
+    default too.  An unknown group is a usage error on the command line
+    and a settings error in the file.
     """
     if group is None:
         return None
@@ -818,7 +826,9 @@ def resolve_group(group: str | None) -> int | None:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise UsageError(f"no such group {shown(group)} (--group or the settings' group)") from None
+        if source == "--group":
+            raise UsageError(f"--group: no such group {shown(group)}") from None
+        raise SettingsError(source, f"no such group {shown(group)}") from None
 
 
 def run_broker(args: argparse.Namespace, streams: Streams) -> int:
@@ -827,7 +837,10 @@ def run_broker(args: argparse.Namespace, streams: Streams) -> int:
     if not args.poll_interval > 0:
         raise UsageError("--poll-interval must be a positive number of seconds")
     settings = load_settings(args.rundir)
-    gid = resolve_group(args.group if args.group is not None else settings.group)
+    if args.group is not None:
+        gid = resolve_group(args.group)
+    else:
+        gid = resolve_group(settings.group, "settings: group")
     broker = Broker(settings.rundir, gid, args.poll_interval)
     if threading.current_thread() is not threading.main_thread():
         return broker.run()  # signals can only be handled in the main thread
