@@ -275,6 +275,10 @@ class Broker:
         self.watcher = RegistryWatcher(self.registry.records_dir)
         self._registry_problem: str | None = None
         self.links: dict[tuple[str, str], _Link] = {}
+        # Links with a consumer socket but no QEMU connection: the only ones
+        # the loop visits each turn (for retry deadlines), so an idle
+        # turn costs nothing per connected channel.
+        self._unconnected: set[_Link] = set()
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -327,9 +331,8 @@ class Broker:
 
     def _timeout(self) -> float:
         deadline = self._next_poll
-        for link in self.links.values():
-            if link.upstream is None and link.listener is not None:
-                deadline = min(deadline, link.next_attempt)
+        for link in self._unconnected:
+            deadline = min(deadline, link.next_attempt)
         return max(0.0, deadline - time.monotonic())
 
     def _on_wake(self, _mask: int) -> None:
@@ -389,6 +392,7 @@ class Broker:
 
     def _remove_link(self, key: tuple[str, str], why: str) -> None:
         link = self.links.pop(key)
+        self._unconnected.discard(link)
         for consumer in list(link.consumers):
             self._drop_consumer(consumer, None)
         self._close_upstream(link)
@@ -414,6 +418,7 @@ class Broker:
                 link.listener_problem = problem
             return
         link.listener, link.listener_id, link.listener_problem = listener, identity, None
+        self._unconnected.add(link)
         self.selector.register(
             listener, selectors.EVENT_READ, lambda _m, link=link: self._on_accept(link)
         )
@@ -560,9 +565,8 @@ class Broker:
     # -- the QEMU side
 
     def _attempt_connections(self, now: float) -> None:
-        for link in self.links.values():
-            if link.upstream is None and link.listener is not None and now >= link.next_attempt:
-                self._connect_upstream(link, now)
+        for link in [link for link in self._unconnected if now >= link.next_attempt]:
+            self._connect_upstream(link, now)
 
     def _connect_upstream(self, link: _Link, now: float) -> None:
         try:
@@ -580,6 +584,7 @@ class Broker:
             self._connect_failed(link, now, os.strerror(code))
             return
         link.upstream = sock
+        self._unconnected.discard(link)
         link.upstream_since = now
         link.connect_problem = None
         link.upstream_splitter.reset()
@@ -676,6 +681,8 @@ class Broker:
             link.backoff = 0.0
         link.backoff = min(self.backoff_max, link.backoff * 2) if link.backoff else BACKOFF_FIRST
         link.next_attempt = now + link.backoff
+        if link.listener is not None:
+            self._unconnected.add(link)
         log.warning(
             "broker: %s: lost QEMU socket (%s); reconnecting in %.1fs",
             link.spec.label, why, link.backoff,
