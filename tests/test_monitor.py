@@ -167,6 +167,27 @@ def test_reconcile_removes_stale_records_only_inside_the_rundir(
     assert any("'gone'" in m and "no longer exists" in m and stale in m for m in messages)
 
 
+def test_a_corrupt_record_does_not_stop_reconcile(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(settings.rundir)
+    stale = "5a1c0000-0000-4000-8000-0000000000dd"
+    registry.put(DomainRecord(stale, "gone", "test", "running", ()))
+    corrupt = os.path.join(registry.records_dir, "5a1c0000-0000-4000-8000-0000000000ee.json")
+    with open(corrupt, "w", encoding="utf-8") as handle:
+        handle.write('{"version": 1, "uuid": "half a reco')
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            report = monitor.reconcile()
+    finally:
+        monitor.close()
+    assert report.removed == [stale]
+    assert os.path.exists(corrupt)  # not ours to judge: left for the admin, and logged
+    assert any("corrupt record" in r.getMessage() for r in caplog.records)
+
+
 def test_remove_domain_files_leaves_non_sockets(settings: Settings) -> None:
     uuid = "5a1c0000-0000-4000-8000-0000000000cc"
     channel = socket_channel(settings, uuid)

@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import select
@@ -47,7 +48,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -171,10 +172,6 @@ class Monitor:
         self._stopping = True
         self._wake()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     def serve(self) -> int:
         """Run until :meth:`stop`: connect, reconcile, then follow events."""
         next_reconcile = 0.0
@@ -184,12 +181,12 @@ class Monitor:
                     break
                 next_reconcile = 0.0  # reconcile after every (re)connect
             if time.monotonic() >= next_reconcile:
-                self._guarded(self.reconcile)
+                self._attempt("reconcile", self.reconcile)
                 next_reconcile = time.monotonic() + self.reconcile_interval
             self._wait(max(0.0, next_reconcile - time.monotonic()))
             if self._stopping:
                 break
-            self._guarded(self.process_pending)
+            self.process_pending()
             if self._connection_lost:
                 log.warning("lost the connection to %s; reconnecting", self.uri)
                 self.disconnect()
@@ -265,7 +262,9 @@ class Monitor:
     # --- callbacks (event loop thread: note and wake, nothing else) --------------
 
     def _on_lifecycle(self, _conn: Any, domain: Any, event: int, detail: int, _opaque: Any) -> None:
-        self._pending.append(domain.UUIDString())
+        uuid = domain.UUIDString()  # no RPC: the event carries it
+        log.debug("event %d/%d for %s", event, detail, uuid)
+        self._pending.append(uuid)
         self._wake()
 
     def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
@@ -285,21 +284,30 @@ class Monitor:
             while os.read(self._wake_read, 4096):
                 pass
 
-    def _guarded(self, step: Any) -> None:
-        """Run a step; a dead connection marks it lost, other libvirt errors are logged."""
+    def _attempt(self, what: str, step: Callable[[], object]) -> bool:
+        """Run one step, logging its failure instead of dying; True if it succeeded.
+
+        A long-running monitor must outlive one bad domain (a corrupt record,
+        unparsable XML, a directory it may not remove).  A libvirt error on a
+        dead connection marks the connection lost instead: serve() reconnects.
+        """
         import libvirt
 
         if self.conn is None:
-            return
+            return False
         try:
             step()
+            return True
         except libvirt.libvirtError as exc:
             if not self._alive():
                 self._connection_lost = True
             else:
-                log.warning("libvirt error: %s", exc.get_error_message())
-        except RegistryError as exc:
-            log.warning("%s", exc.message())
+                log.warning("%s: libvirt error: %s", what, exc.get_error_message())
+        except XenChannelError as exc:
+            log.warning("%s: %s", what, exc.message())
+        except OSError as exc:
+            log.warning("%s: %s", what, exc)
+        return False
 
     def _alive(self) -> bool:
         import libvirt
@@ -312,17 +320,24 @@ class Monitor:
     # --- the work -----------------------------------------------------------------
 
     def process_pending(self) -> int:
-        """Sync every domain noted by events since the last call; return how many."""
-        done: set[str] = set()
+        """Sync every domain noted by events so far; return how many were synced.
+
+        Events already queued for one domain collapse into one sync, which
+        sees the domain's current state.  Events that arrive during the
+        batch wait for the next one: the domain may have changed after its
+        sync looked at it.  If the connection drops, the rest of the batch
+        is left to the reconcile that follows the reconnect.
+        """
+        batch: list[str] = []
         while self._pending:
-            uuid = self._pending.popleft()
-            if uuid in done:
-                continue  # defined+started in one burst: one sync sees the end state
-            done.add(uuid)
-            self.sync(uuid)
+            batch.append(self._pending.popleft())
+        synced = 0
+        for uuid in dict.fromkeys(batch):
+            self._attempt(f"domain {uuid}", functools.partial(self.sync, uuid))
+            synced += 1
             if self._connection_lost:
                 break
-        return len(done)
+        return synced
 
     def sync(self, uuid: str) -> None:
         """Bring one domain's live metadata and registry record in line with libvirt."""
@@ -352,11 +367,7 @@ class Monitor:
         # domain is in libvirt's list, so a record read before the listing
         # whose domain is missing from it is really gone (the other order
         # could catch a domain created in between).
-        try:
-            records = self.registry.list()
-        except RegistryError as exc:
-            log.warning("reconcile skipped the registry: %s", exc.message())
-            records = []
+        records = self._list_records()
         domains = {d.UUIDString().lower(): d for d in self.conn.listAllDomains(0)}
         report.domains = len(domains)
         report.records = len(records)
@@ -365,26 +376,58 @@ class Monitor:
             if record.driver != self.driver:
                 continue  # another driver's domain: this connection cannot see it
             if record.uuid not in domains:
-                self.sync(record.uuid)  # looks it up once more before removing anything
-                report.removed.append(record.uuid)
+                # sync() looks it up once more before removing anything.
+                self._attempt(f"domain {record.uuid}", functools.partial(self.sync, record.uuid))
+                if self._connection_lost:
+                    return report
+                if self._record(record.uuid) is None:
+                    report.removed.append(record.uuid)
         for uuid, domain in domains.items():
             domain_id = domain.ID()
             if domain_id == -1:
                 self._synced.pop(uuid, None)
                 known = recorded.get(uuid)
                 if known is not None and known.state == "running":
-                    self._sync_inactive(uuid)
+                    self._attempt(f"domain {uuid}", functools.partial(self._sync_inactive, uuid))
                 continue
             if self._synced.get(uuid) == (domain_id, recorded.get(uuid)):
                 continue
-            self._sync_active(domain, uuid)
-            report.synced.append(uuid)
+            if self._attempt(f"domain {uuid}", functools.partial(self._sync_active, domain, uuid)):
+                report.synced.append(uuid)
+            if self._connection_lost:
+                return report
         if report.removed:
             log.info(
                 "reconciled %d domains with %d records: removed %d stale",
                 report.domains, report.records, len(report.removed),
             )
         return report
+
+    def _list_records(self) -> list[DomainRecord]:
+        """Every readable record; a corrupt one is logged and skipped, not fatal.
+
+        Registry.list() raises on the first corrupt file, which would stop
+        every later reconcile from cleaning anything up.
+        """
+        try:
+            return self.registry.list()
+        except RegistryError as exc:
+            log.warning("%s; reading the other records one by one", exc.message())
+        records: list[DomainRecord] = []
+        try:
+            entries = sorted(os.listdir(self.registry.records_dir))
+        except FileNotFoundError:
+            return records
+        for entry in entries:
+            if entry.startswith(".") or not entry.endswith(".json"):
+                continue
+            try:
+                record = self._record(entry[: -len(".json")])
+            except XenChannelError:
+                continue  # corrupt (logged above for the first one) or not a UUID
+            if record is not None:
+                records.append(record)
+        return records
 
     def _record(self, uuid: str) -> DomainRecord | None:
         # Registry.get() treats a missed UUID as a possible domain *name* and
