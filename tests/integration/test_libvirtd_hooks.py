@@ -160,8 +160,9 @@ def test_start_and_destroy_follow_the_hooks(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("how", ["restart", "kill9"])
 def test_daemon_restart_reconnects_and_keeps_the_domain(
-    daemon: Libvirtd, hook_host: HookHost, tmp_path: Any
+    daemon: Libvirtd, hook_host: HookHost, tmp_path: Any, how: str
 ) -> None:
     name, uuid, path = define_filled_domain(daemon, hook_host, str(tmp_path))
     daemon.virsh("start", name)
@@ -169,7 +170,11 @@ def test_daemon_restart_reconnects_and_keeps_the_domain(
     # Forget the domain, so only the reconnect hook can bring the record back.
     records = os.path.join(hook_host.rundir, "registry", "domains", f"{uuid}.json")
     os.unlink(records)
-    daemon.restart()
+    if how == "restart":
+        daemon.restart()
+    else:  # a crashed daemon, started again
+        daemon.kill9()
+        daemon.start()
     assert daemon.virsh("domstate", name).stdout.strip() == "running"
     assert qemu_pid(name) == pid
     entry = listed(hook_host, uuid)
