@@ -38,7 +38,7 @@ import socket
 import stat
 import struct
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from .errors import XenChannelError, shown
@@ -807,12 +807,26 @@ class Registry:
             steps.extend((applier, item) for item in items)
             problems.extend(found)
 
-    def apply(self, payload: object, ctx: ApplyContext) -> ConfigOutcome:
-        """Validate, then (only if all is valid) apply every item on its own."""
+    def apply(
+        self,
+        payload: object,
+        ctx: ApplyContext,
+        validators: Sequence[Callable[[object], list[str]]] = (),
+    ) -> ConfigOutcome:
+        """Validate, then (only if all is valid) apply every item on its own.
+
+        ``validators`` are further whole-payload checks (the guest agent
+        passes protocol.validate_config_payload, the contract's own rules).
+        They run when the appliers found nothing, since the appliers' checks
+        name the item at fault; theirs are reported under "payload".
+        """
         plan = self.plan(payload)
-        if plan.problems:
-            results = [ItemResult(p.item, FAILED, p.message) for p in plan.problems]
-            summary = "; ".join(str(p) for p in plan.problems)
+        problems = plan.problems or [
+            Problem("payload", message) for check in validators for message in check(payload)
+        ]
+        if problems:
+            results = [ItemResult(p.item, FAILED, p.message) for p in problems]
+            summary = "; ".join(str(p) for p in problems)
             return ConfigOutcome("error", results, f"payload rejected, nothing applied: {summary}")
         results = [_apply_one(applier, item, ctx) for applier, item in plan.steps]
         done = all(result.status in (APPLIED, UNCHANGED) for result in results)
@@ -832,6 +846,11 @@ def _apply_one(applier: Applier | None, item: Item, ctx: ApplyContext) -> ItemRe
         # stop the others, and the host needs to know which one failed.
         log.warning("%s: %s", item.name, exc)
         return ItemResult(item.name, FAILED, f"{exc.strerror or exc}" + _filename(exc))
+    except Exception as exc:
+        # A bug in one applier (a plug-in, say) must not kill the agent: the
+        # guest would lose its channel until someone restarts the service.
+        log.exception("%s: applier crashed", item.name)
+        return ItemResult(item.name, FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _filename(exc: OSError) -> str:
