@@ -18,12 +18,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from backend_standin import BackendStandin
 from broker_fixtures import (
+    WAIT,
     BrokerProcess,
     Consumer,
     Guest,
@@ -33,7 +35,12 @@ from broker_fixtures import (
 )
 
 from xen_channel_backend import cli
-from xen_channel_backend.broker import CONSUMER_BACKLOG_LIMIT, DROP_LOG_LIMIT, broker_socket_for
+from xen_channel_backend.broker import (
+    CONSUMER_BACKLOG_LIMIT,
+    DROP_LOG_LIMIT,
+    Broker,
+    broker_socket_for,
+)
 from xen_channel_backend.model import MAX_SOCKET_PATH
 from xen_channel_backend.protocol import MAX_FRAME, encode
 from xen_channel_backend.registry import Registry
@@ -503,3 +510,19 @@ def test_bad_options_are_one_line_usage_errors(
 ) -> None:
     code, err = run_cli("broker", "--rundir", str(rundir), *argv)
     assert (code, err) == (2, f"xen-channel: error: {message}\n")
+
+
+def test_broker_runs_in_a_thread_and_stops_on_request(rundir: Path) -> None:
+    """The library entry (Broker.run/stop) without signals, as an embedding program uses it."""
+    paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL])
+    with BackendStandin(paths[CHANNEL]):
+        broker = Broker(str(rundir), poll_interval=0.05)
+        thread = threading.Thread(target=broker.run)
+        thread.start()
+        try:
+            wait_for(lambda: os.path.exists(broker_socket_for(paths[CHANNEL])), "consumer socket")
+        finally:
+            broker.stop()
+            thread.join(WAIT)
+        assert not thread.is_alive()
+        assert not os.path.exists(broker_socket_for(paths[CHANNEL]))

@@ -345,12 +345,16 @@ class Broker:
         if self.watcher.changed() or force or self._registry_problem:
             try:
                 wanted = read_running_channels(self.registry)
-            except RegistryError as exc:
+            except (RegistryError, OSError) as exc:
                 # Keep serving what we have: one unreadable record must not
                 # cut every running domain off.  Retried on every poll.
-                if exc.message() != self._registry_problem:
-                    log.warning("broker: %s; keeping the channels served so far", exc.message())
-                self._registry_problem = exc.message()
+                problem = (
+                    exc.message() if isinstance(exc, RegistryError)
+                    else f"registry {shown(self.registry.records_dir)}: {_describe(exc)}"
+                )
+                if problem != self._registry_problem:
+                    log.warning("broker: %s; keeping the channels served so far", problem)
+                self._registry_problem = problem
             else:
                 if self._registry_problem:
                     log.info("broker: registry readable again")
