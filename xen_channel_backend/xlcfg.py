@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable, Sequence
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from .errors import (
     InvalidChannelName,
@@ -87,10 +87,12 @@ class XlConfig:
     source: str
     text: str
     settings: tuple[Setting, ...]
+    #: What xl sees for each name: the last assignment plus any ``+=`` after it.
+    values: dict[str, XlValue] = dataclasses.field(default_factory=dict, compare=False)
 
     def value(self, name: str) -> XlValue | None:
         """The value xl sees for ``name``: the last assignment plus any ``+=`` after it."""
-        return _effective_values(self).get(name)
+        return self.values.get(name)
 
     def channel_settings(self) -> list[Setting]:
         return [s for s in self.settings if s.name == CHANNEL_SETTING]
@@ -117,7 +119,7 @@ _TOKEN_RE = re.compile(
     | (?P<space>[ \t]+)
     | (?P<punct>\+=|[,\[\]=;])
     | (?P<newline>\n|\#[^\n]*\n)
-    | (?P<string>'(?:[^'\\\n]|\\[^\n])*'|"(?:[^"\\\n]|\\[^\n])*")
+    | (?P<string>'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'|"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*")
     """,
     re.VERBOSE,
 )
@@ -136,8 +138,7 @@ _SIMPLE_ESCAPES = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Token:
+class _Token(NamedTuple):
     kind: str  # ident, number, string, newline, eof, or the punctuation itself
     text: str  # the dequoted text for strings
     line: int
@@ -338,17 +339,17 @@ def parse_config(data: bytes | str, source: str) -> XlConfig:
         line = text.count("\n", 0, text.index("\0")) + 1
         raise XlConfigError(source, "NUL byte in the file", line)
     tokens = _Lexer(text, source).tokens()
-    config = XlConfig(source, text, tuple(_Parser(tokens, source).parse_file()))
-    _effective_values(config)  # += of a list to a string is an error for xl
-    return config
+    settings = tuple(_Parser(tokens, source).parse_file())
+    # Also raises for `+=` of a list to a string, which xl refuses.
+    return XlConfig(source, text, settings, _effective_values(source, settings))
 
 
-def _effective_values(config: XlConfig) -> dict[str, XlValue]:
+def _effective_values(source: str, settings: Iterable[Setting]) -> dict[str, XlValue]:
     # libxlu's xlu__cfg_set_store: `+=` concatenates with the newest earlier
     # setting of that name (strings join, lists extend) and a later `=`
     # replaces everything before it.
     values: dict[str, XlValue] = {}
-    for setting in config.settings:
+    for setting in settings:
         previous = values.get(setting.name)
         if not setting.append or previous is None:
             values[setting.name] = setting.value
@@ -358,7 +359,7 @@ def _effective_values(config: XlConfig) -> dict[str, XlValue]:
             values[setting.name] = previous + setting.value
         else:
             raise XlConfigError(
-                config.source,
+                source,
                 f'can\'t add [list] to "string" or vice versa ({setting.name} +=)',
                 setting.line,
             )
@@ -537,8 +538,15 @@ def backends_by_name(config: XlConfig) -> dict[str, str]:
 
 # A value goes between double quotes with no escapes at all: xl's SPEC
 # grammar splits on ',' and '=', libxlu would read a backslash as an escape
-# (and its \x escapes are broken in 4.17), and xl trims whitespace.
+# (and its \x escapes are broken in 4.17), and xl trims whitespace, so a value
+# must be non-empty, free of those characters and untrimmed.
 _UNCARRIABLE = re.compile(r'[,="\\\x00-\x1f\x7f]')
+
+# (attribute, xl key) per connection type, in FIELDS order.
+_XL_FIELDS: dict[Connection, tuple[tuple[str, str], ...]] = {
+    connection: tuple((f.attr, f.xl_key) for f in FIELDS if connection in f.xl_connections)
+    for connection in Connection
+}
 
 
 def format_spec(channel: Channel) -> str:
@@ -546,28 +554,29 @@ def format_spec(channel: Channel) -> str:
     if channel.target is not Target.XEN:
         raise UnsupportedChannel(channel.name, f"is a {channel.target} channel, not a Xen one")
     pieces: list[str] = []
-    for field in FIELDS:
-        raw = getattr(channel, field.attr)
-        if raw is None or channel.connection not in field.xl_connections:
+    for attr, key in _XL_FIELDS[channel.connection]:
+        raw = getattr(channel, attr)
+        if raw is None:
             continue
-        value = CONNECTIONS[raw][0] if field.attr == "connection" else str(raw)
-        _check_carriable(channel, field.xl_key, value)
-        pieces.append(f"{field.xl_key}={value}")
+        value: str = CONNECTIONS[raw][0] if attr == "connection" else raw
+        if (
+            not value
+            or value[0] in _C_SPACE
+            or value[-1] in _C_SPACE
+            or _UNCARRIABLE.search(value) is not None
+        ):
+            _refuse(channel, key, value)
+        pieces.append(f"{key}={value}")
     return ",".join(pieces)
 
 
-def _check_carriable(channel: Channel, key: str, value: str) -> None:
+def _refuse(channel: Channel, key: str, value: str) -> None:
     bad = _UNCARRIABLE.search(value)
     if bad is not None:
-        raise UnsupportedChannel(
-            channel.name,
-            f"{key} {shown(value)} contains {shown(bad.group())}, which xl.cfg cannot carry",
-        )
-    if not value or value != value.strip(_C_SPACE):
-        raise UnsupportedChannel(
-            channel.name,
-            f"{key} {shown(value)} is empty or has whitespace at an end, which xl trims",
-        )
+        reason = f"contains {shown(bad.group())}, which xl.cfg cannot carry"
+    else:
+        reason = "is empty or has whitespace at an end, which xl trims"
+    raise UnsupportedChannel(channel.name, f"{key} {shown(value)} {reason}")
 
 
 def format_setting(channels: Sequence[Channel]) -> str:
