@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -428,6 +429,32 @@ def test_scan_domain_reads_only_device_channels() -> None:
     scanned = hook.scan_domain(xml, [Target.XEN])
     assert scanned.name == "d" and scanned.uuid == "1B4E28BA-2FA1-11D2-883F-0016D3CCA427"
     assert [(c.name, c.path) for c in scanned.channels] == [("n.0", "/run/a/b")]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+DOMAIN_DOCUMENTS = sorted(p for p in DATA.rglob("*.xml") if b"<domain" in p.read_bytes())
+
+
+@pytest.mark.parametrize("document", DOMAIN_DOCUMENTS, ids=lambda p: p.name)
+def test_scan_domain_agrees_with_domxml(document: Path) -> None:
+    """The hook's expat reader and domxml (lxml) see the same channels."""
+    from xen_channel_backend import domxml
+
+    data = document.read_bytes()
+    for targets in ([Target.XEN], [Target.VIRTIO, Target.XEN]):
+        root = domxml.parse_domain(data, str(document)).getroot()
+        expected = [
+            domxml.channel_from_element(element) for element in domxml.channel_elements(root)
+            if element.get("type") in ("unix", "pty")
+            and domxml.target_type(element) in {t.value for t in targets}
+        ]
+        scanned = hook.scan_domain(data, targets)
+        assert list(scanned.channels) == expected
+        assert (scanned.name, scanned.uuid) == (
+            domxml.domain_name(root), (root.findtext("uuid") or "").strip() or None
+        )
 
 
 def test_hook_module_imports_no_lxml() -> None:

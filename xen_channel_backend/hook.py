@@ -98,7 +98,7 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
     wanted = {t.value for t in targets}
     stack: list[str] = []
     text: dict[str, list[str]] = {"name": [], "uuid": []}
-    found: list[dict[str, str | None]] = []
+    found: list[_RawChannel] = []
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         stack.append(tag)
@@ -106,18 +106,9 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
         if depth == 1 and tag != "domain":
             raise XmlInputError(source, f"root element is <{tag}>, expected <domain>")
         if depth == 3 and tag == "channel" and stack[1] == "devices":
-            found.append({"type": attrs.get("type"), "path": None, "target": None, "name": None,
-                          "has_source": None, "has_target": None})
+            found.append(_RawChannel(attrs.get("type")))
         elif depth == 4 and stack[1:3] == ["devices", "channel"]:
-            # Like ElementTree's find(): the first <source>/<target> counts.
-            current = found[-1]
-            if tag == "source" and current["has_source"] is None:
-                current["has_source"] = "1"
-                current["path"] = attrs.get("path")
-            elif tag == "target" and current["has_target"] is None:
-                current["has_target"] = "1"
-                current["target"] = attrs.get("type")
-                current["name"] = attrs.get("name")
+            found[-1].child(tag, attrs)
 
     def end(tag: str) -> None:
         stack.pop()
@@ -138,16 +129,36 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
         ) from None
     channels = []
     for raw in found:
-        connection = _SOURCE_TYPES.get(raw["type"] or "")
-        if connection is None or raw["target"] not in wanted:
+        connection = _SOURCE_TYPES.get(raw.source_type or "")
+        if connection is None or raw.target is None or raw.target not in wanted:
             continue
-        channels.append(
-            Channel(name=raw["name"], connection=connection, path=raw["path"] or None,
-                    target=Target(raw["target"]))
-        )
+        channels.append(Channel(name=raw.name, connection=connection, path=raw.path or None,
+                                target=Target(raw.target)))
     name = "".join(text["name"]).strip() or None
     uuid = "".join(text["uuid"]).strip() or None
     return ScannedDomain(name=name, uuid=uuid, channels=tuple(channels))
+
+
+class _RawChannel:
+    """One ``<channel>`` as expat saw it, before validation."""
+
+    def __init__(self, source_type: str | None) -> None:
+        self.source_type = source_type
+        self.path: str | None = None
+        self.target: str | None = None
+        self.name: str | None = None
+        self._seen: set[str] = set()
+
+    def child(self, tag: str, attrs: dict[str, str]) -> None:
+        # Like ElementTree's find() in domxml: the first <source>/<target> counts.
+        if tag in self._seen or tag not in ("source", "target"):
+            return
+        self._seen.add(tag)
+        if tag == "source":
+            self.path = attrs.get("path")
+        else:
+            self.target = attrs.get("type")
+            self.name = attrs.get("name")
 
 
 # --- one hook call ----------------------------------------------------------------
