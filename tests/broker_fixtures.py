@@ -71,11 +71,17 @@ class BrokerProcess:
 
     def __init__(self, rundir: Path, log_path: Path, *extra: str) -> None:
         self.log_path = log_path
+        env = dict(os.environ)
+        if "XEN_CHANNEL_CONFIG" not in env:
+            # Hermetic: never this host's /etc/xen-channel/xen-channel.conf.
+            config = log_path.with_suffix(".conf")
+            config.write_text("[xen-channel]\n")
+            env["XEN_CHANNEL_CONFIG"] = str(config)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xen_channel_backend", "broker", "--rundir", str(rundir),
              "--poll-interval", "0.05", *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env,
         )
 
     def log(self) -> str:

@@ -506,8 +506,11 @@ def run_cli(*argv: str) -> tuple[int, str]:
     ],
 )
 def test_bad_options_are_one_line_usage_errors(
-    rundir: Path, argv: list[str], message: str
+    rundir: Path, argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    config = rundir / "xen-channel.conf"
+    config.write_text("[xen-channel]\n")
+    monkeypatch.setenv("XEN_CHANNEL_CONFIG", str(config))
     code, err = run_cli("broker", "--rundir", str(rundir), *argv)
     assert (code, err) == (2, f"xen-channel: error: {message}\n")
 
@@ -526,3 +529,14 @@ def test_broker_runs_in_a_thread_and_stops_on_request(rundir: Path) -> None:
             thread.join(WAIT)
         assert not thread.is_alive()
         assert not os.path.exists(broker_socket_for(paths[CHANNEL]))
+
+
+def test_an_unknown_group_in_the_settings_file_is_a_settings_error(
+    rundir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = rundir / "xen-channel.conf"
+    config.write_text("[xen-channel]\ngroup = no-such-group-xcb\n")
+    monkeypatch.setenv("XEN_CHANNEL_CONFIG", str(config))
+    code, err = run_cli("broker", "--rundir", str(rundir))
+    assert code == 1
+    assert err == "xen-channel: error: settings: group: no such group 'no-such-group-xcb'\n"
