@@ -299,20 +299,15 @@ def _key_blob_line(key_type: str, blob_type: str) -> str:
     [
         ("{ed}\nssh-ed25519 AAAA evil", "control character"),
         ("{ed}\rx", "control character"),
-        ('command="/bin/sh" {ed}', "options are not allowed"),
-        ("no-pty {ed}", "options are not allowed"),
-        ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "options are not allowed"),
+        ("{ed}\x00", "control character"),
         ("ssh-ed25519", "is not '<type> <base64> [comment]'"),
-        ("ssh-ed25519 not*base64", "is not base64"),
-        (_key_blob_line("ssh-ed25519", "ssh-rsa"), "is not a ssh-ed25519 key"),
-        ("ssh-ed25519 AAAA", "is too short"),
-        ("ssh-ed25519 AAAAAAAA", "is not a ssh-ed25519 key"),
-        ("-----BEGIN OPENSSH PRIVATE KEY-----", "options are not allowed"),
+        ("x" * 16385, "over the 16384 allowed"),
     ],
 )
-def test_hostile_key_lines_rejected(
+def test_malformed_key_lines_reject_the_payload(
     root: Path, real_keys: dict[str, str], line: str, why: str
 ) -> None:
+    """A newline would smuggle a second line into authorized_keys: malformed."""
     line = line.replace("{ed}", real_keys["ed25519"])
     assert why in (ssh_key_problem(line) or "")
     payload = {"hostname": "vm1", "ssh_keys": [{"user": "bob", "keys": [line]}]}
@@ -323,6 +318,38 @@ def test_hostile_key_lines_rejected(
     ]
     assert outcome.error is not None and outcome.error.startswith("payload rejected, nothing")
     assert not (root / "etc/hostname").exists()  # nothing half-applied
+    assert not (root / "home/bob/.ssh").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('command="/bin/sh" {ed}', "options are not allowed"),
+        ("no-pty {ed}", "options are not allowed"),
+        ('from="*" {ed}', "options are not allowed"),
+        ("ssh-dss AAAAB3NzaC1kc3MAAACBAP", "options are not allowed"),
+        ("ssh-ed25519 not*base64", "is not base64"),
+        (_key_blob_line("ssh-ed25519", "ssh-rsa"), "is not a ssh-ed25519 key"),
+        ("ssh-ed25519 AAAA", "is too short"),
+        ("ssh-ed25519 AAAAAAAA", "is not a ssh-ed25519 key"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----", "options are not allowed"),
+    ],
+)
+def test_refused_key_lines_fail_their_user(
+    root: Path, real_keys: dict[str, str], line: str, why: str
+) -> None:
+    """Well-formed by the protocol, but not a plain public key: that user's item
+    fails and none of its keys are written, while other items apply."""
+    line = line.replace("{ed}", real_keys["ed25519"])
+    assert why in (ssh_key_problem(line) or "")
+    keys = [real_keys["rsa"], line]
+    payload = {"hostname": "vm1", "ssh_keys": [{"user": "bob", "keys": keys}]}
+    outcome = default_registry().apply(payload, ctx(root))
+    assert outcome.status == "partial"
+    assert outcome.results[1] == ItemResult(
+        "ssh_keys/bob", FAILED, f"key 1: {ssh_key_problem(line)}"
+    )
+    assert outcome.results[0].status == APPLIED
     assert not (root / "home/bob/.ssh").exists()
 
 
@@ -399,12 +426,14 @@ def test_network_file_content(root: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "item", "why"),
     [
-        ({"interface": "../x", "address": "192.0.2.1/24"}, "addresses[0]", "not an interface"),
-        ({"interface": "eth0/..", "address": "192.0.2.1/24"}, "addresses[0]", "not an interface"),
-        ({"interface": "e" * 16, "address": "192.0.2.1/24"}, "addresses[0]", "not an interface"),
-        ({"interface": "eth0\n", "address": "192.0.2.1/24"}, "addresses[0]", "not an interface"),
-        ({"interface": 0, "address": "192.0.2.1/24"}, "addresses[0]", "must be a string"),
-        ({"address": "192.0.2.1/24"}, "addresses[0]", "must be a string"),
+        ({"interface": "../x", "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": "eth0/..", "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": "..", "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": "e" * 16, "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": "eth0\n", "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": "eth 0", "address": "192.0.2.1/24"}, "addresses[0]", "not a Linux"),
+        ({"interface": 0, "address": "192.0.2.1/24"}, "addresses[0]", "non-empty string"),
+        ({"address": "192.0.2.1/24"}, "addresses[0]", "non-empty string"),
         ({"interface": "eth0", "address": "300.0.2.1/24"}, "addresses/eth0", "not an IP"),
         ({"interface": "eth0", "address": "192.0.2.1"}, "addresses/eth0", "IP/prefix"),
         ({"interface": "eth0", "address": "192.0.2.1/33"}, "addresses/eth0", "not an IP"),
@@ -578,3 +607,68 @@ def test_several_problems_all_reported(root: Path) -> None:
     for item in ("hostname:", "addresses[0]:", "ssh_keys/bob:"):
         assert item in outcome.error
     assert "\n" not in outcome.error
+
+
+@pytest.mark.parametrize("interface", ["eth*", "e?", "en[01]", "wlan@0", "éth0"])
+def test_pattern_interface_names_fail_their_item(root: Path, interface: str) -> None:
+    """Valid kernel names, but networkd's Name= would read them as a pattern."""
+    payload = {"hostname": "vm1", "addresses": [{"interface": interface, "address": "10.0.0.1/8"}]}
+    outcome = default_registry().apply(payload, ctx(root))
+    assert outcome.status == "partial"
+    assert outcome.results[1].item == f"addresses/{interface}"
+    assert outcome.results[1].status == FAILED
+    assert "not supported by this agent" in outcome.results[1].detail
+    assert not (root / "etc/systemd").exists()
+
+
+def test_long_hostname_fails_its_item(root: Path) -> None:
+    """253 characters are a valid host name, but the kernel takes 64."""
+    name = ".".join(["a" * 60] * 2)
+    outcome = default_registry().apply({"hostname": name}, ctx(root))
+    assert outcome.status == "partial"
+    assert outcome.results[0].status == FAILED
+    assert "at most 64" in outcome.results[0].detail
+    assert not (root / "etc/hostname").exists()
+
+
+MALFORMED_OR_NOT = [
+    {"hostname": "vm1.example.org"},
+    {"hostname": "-vm"},
+    {"hostname": ".".join(["a" * 63] * 4)},
+    {"hostname": ".".join(["a" * 63] * 4) + "a"},
+    {"hostname": 3},
+    {"addresses": [{"interface": "eth0", "address": "192.0.2.1/24", "dns": ["::1"]}]},
+    {"addresses": [{"interface": "eth*", "address": "192.0.2.1/24"}]},
+    {"addresses": [{"interface": "eth0:1", "address": "192.0.2.1/24"}]},
+    {"addresses": [{"interface": "eth0", "address": "192.0.2.1/24", "gateway": "::1"}]},
+    {"addresses": [{"interface": "eth0", "address": "192.0.2.1"}]},
+    {"addresses": [{"interface": "eth0", "address": "192.0.2.1/24", "x": 1}]},
+    {
+        "addresses": [
+            {"interface": "a", "address": "::1/128"},
+            {"interface": "a", "address": "::2/128"},
+        ]
+    },
+    {"addresses": {"interface": "eth0"}},
+    {"ssh_keys": [{"user": "bob", "keys": ["ssh-ed25519 AAAA c"]}]},
+    {"ssh_keys": [{"user": "bob", "keys": ["ssh-ed25519\tAAAA"]}]},
+    {"ssh_keys": [{"user": "bob", "keys": ["ssh-ed25519 AAAA\n"]}]},
+    {"ssh_keys": [{"user": "bob", "keys": ["ssh-ed25519 AAAA clé"]}]},
+    {"ssh_keys": [{"user": "b" * 31, "keys": []}]},
+    {"ssh_keys": [{"user": "b" * 32, "keys": []}]},
+    {"ssh_keys": [{"user": "bob$", "keys": []}]},
+    {"ssh_keys": [{"user": "bob", "keys": []}, {"user": "bob", "keys": []}]},
+    {"ssh_keys": [{"user": "bob", "keys": [], "x": 1}]},
+    {"extra": {"k": [1, {"a": None}]}},
+]
+
+
+@pytest.mark.parametrize("payload", MALFORMED_OR_NOT)
+def test_appliers_agree_with_the_protocol_on_malformed(payload: dict[str, object]) -> None:
+    """The appliers' validation (which names the item at fault) rejects exactly
+    what the contract's validator rejects: no stricter, no looser."""
+    from xen_channel_backend.protocol import validate_config_payload
+
+    protocol_problems = validate_config_payload(payload)
+    plan = default_registry().plan(payload)
+    assert bool(plan.problems) == bool(protocol_problems), (plan.problems, protocol_problems)

@@ -9,7 +9,11 @@ without touching a file; one problem anywhere rejects the payload whole
 (the ack's status "error"), so a typo in an address can never leave the
 hostname changed and the keys not.  Only then is each item applied on its
 own, and each gets its own status: ``applied``, ``unchanged`` (idempotent
-re-apply), ``failed`` (e.g. the user does not exist) or ``unsupported``.
+re-apply), ``failed`` or ``unsupported``.  Validation follows the protocol's
+rules exactly (tests check it agrees with protocol.validate_config_payload);
+a well-formed value this guest will not apply - a user who does not exist,
+a key line with options, a hostname over the kernel's 64 characters - fails
+only its own item.
 
 Every file is written below ``ApplyContext.root`` through :class:`RootFS`,
 which resolves symlinks itself as if the root were ``/`` (so a symlink can
@@ -362,20 +366,26 @@ def write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: Owner | None
 # hostname
 # --------------------------------------------------------------------------
 
-#: sethostname(2) takes at most HOST_NAME_MAX (64) bytes; systemd applies the
-#: same limit to /etc/hostname.
+# Two kinds of check run on every item.  A payload that breaks the protocol's
+# rules (docs/protocol.md 4.3) is malformed: the whole payload is rejected.
+# A valid value that this guest cannot or will not apply (a hostname longer
+# than the kernel takes, a key with options) fails only its own item.
+
+#: The protocol allows 253 characters (RFC 1123); sethostname(2) takes at
+#: most HOST_NAME_MAX (64), and systemd applies that limit to /etc/hostname.
+MAX_PROTOCOL_HOSTNAME = 253
 MAX_HOSTNAME = 64
 _LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def hostname_problem(value: object) -> str | None:
-    """Why ``value`` is not a valid hostname (RFC 1123 labels), or None."""
+    """Why ``value`` is not a hostname by the protocol's rule (RFC 1123), or None."""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
     if not value:
         return "is empty"
-    if len(value) > MAX_HOSTNAME:
-        return f"{shown(value)} is {len(value)} characters, over the {MAX_HOSTNAME} allowed"
+    if len(value) > MAX_PROTOCOL_HOSTNAME:
+        return f"is {len(value)} characters, over the {MAX_PROTOCOL_HOSTNAME} allowed"
     if not all(_LABEL_RE.fullmatch(label) for label in value.split(".")):
         return (
             f"{shown(value)} is not a hostname: use dot-separated labels of "
@@ -397,6 +407,12 @@ class HostnameApplier:
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         name = str(item.value)
+        if len(name) > MAX_HOSTNAME:
+            raise ApplyFailed(
+                item.name,
+                f"{shown(name)} is {len(name)} characters; the kernel takes at most "
+                f"{MAX_HOSTNAME} (set a shorter name, e.g. its first label)",
+            )
         changed = ctx.fs.write_file(self.path, f"{name}\n".encode("ascii"), 0o644)
         if ctx.live_hostname is not None and ctx.live_hostname.get() != name:
             ctx.live_hostname.set(name)
@@ -424,28 +440,41 @@ SSH_KEY_TYPES = frozenset(
 )
 # useradd's default NAME_REGEX, as protocol.validate_config_payload checks it.
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
-_COMMENT_RE = re.compile(r"[\x20-\x7e]*")
-MAX_KEY_LINE = 16384  # a 16384-bit RSA key is ~2.8 KB in base64
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab separates fields
+MAX_KEY_LINE = 16384  # the protocol's limit; a 16384-bit RSA key is ~2.8 KB in base64
 
 
-def ssh_key_problem(line: object) -> str | None:
-    """Why ``line`` is not one plain public key line (type, base64, comment), or None.
+def key_line_problem(line: object) -> str | None:
+    """Why ``line`` breaks the protocol's rule for a key line, or None.
 
-    Options (``command="..."``, ``from=...``) come before the type, so
-    insisting on a known type first rules them out; the base64 blob must
-    decode and start with the same type (the SSH wire format, RFC 4253 6.6),
-    which rules out a pasted private key or a truncated line.
+    A newline (or any control character) would smuggle a second line into
+    authorized_keys, so it makes the payload malformed.
     """
     if not isinstance(line, str):
         return f"must be a string, not {type(line).__name__}"
     if len(line) > MAX_KEY_LINE:
         return f"is {len(line)} characters, over the {MAX_KEY_LINE} allowed"
-    if not _COMMENT_RE.fullmatch(line):
+    if _CONTROL_RE.search(line):
         return f"{shown(line)} contains a newline or another control character"
-    fields = line.split(None, 2)
-    if len(fields) < 2:
+    if len(line.split(None, 2)) < 2:
         return f"{shown(line)} is not '<type> <base64> [comment]'"
-    key_type, blob = fields[0], fields[1]
+    return None
+
+
+def ssh_key_problem(line: object) -> str | None:
+    """Why ``line`` is not one plain public key line (type, base64, comment), or None.
+
+    Beyond :func:`key_line_problem`: options (``command="..."``,
+    ``from=...``) come before the type, so insisting on a known type first
+    rules them out; the base64 blob must decode and start with the same type
+    (the SSH wire format, RFC 4253 6.6), which rules out a pasted private key
+    or a truncated line.
+    """
+    problem = key_line_problem(line)
+    if problem is not None:
+        return problem
+    assert isinstance(line, str)
+    key_type, blob = line.split(None, 2)[:2]
     if key_type not in SSH_KEY_TYPES:
         return (
             f"{shown(line)} does not start with a key type ({', '.join(sorted(SSH_KEY_TYPES))}); "
@@ -539,22 +568,33 @@ class SshKeysApplier:
             bad = [
                 f"key {number}: {problem}"
                 for number, key in enumerate(keys)
-                if (problem := ssh_key_problem(key)) is not None
+                if (problem := key_line_problem(key)) is not None
             ]
             if bad:
                 problems.extend(Problem(where, message) for message in bad)
                 continue
-            lines = tuple(" ".join(str(key).split(None, 2)) for key in keys)
+            lines = tuple(str(key) for key in keys)
             items.append(Item(where, UserKeys(user, lines)))
         return items, problems
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         assert isinstance(item.value, UserKeys)
-        user, lines = item.value.user, item.value.lines
+        user = item.value.user
+        refused = [
+            f"key {number}: {problem}"
+            for number, key in enumerate(item.value.lines)
+            if (problem := ssh_key_problem(key)) is not None
+        ]
+        if refused:
+            # Nothing is written for this user: a half-updated key list could
+            # lock out whoever relies on the refused key.
+            raise ApplyFailed(item.name, "; ".join(refused))
+        # One space between fields: a tab or a run of blanks becomes plain.
+        lines = [" ".join(key.split(None, 2)) for key in item.value.lines]
         fs = ctx.fs
         entry = lookup_user(fs, user)
         owner = Owner(entry.uid, entry.gid) if ctx.may_chown else None
-        data = (MANAGED_HEADER + "".join(f"{line}\n" for line in lines)).encode("ascii")
+        data = (MANAGED_HEADER + "".join(f"{line}\n" for line in lines)).encode("utf-8")
         shown_home = fs.shown_path(entry.home)
         try:
             home_fd = fs.open_directory(entry.home)
@@ -610,20 +650,23 @@ def _fix_directory(fd: int, mode: int, owner: Owner | None) -> bool:
 # network addresses (systemd-networkd)
 # --------------------------------------------------------------------------
 
-# The kernel's dev_valid_name() allows up to IFNAMSIZ-1 (15) bytes without '/',
-# ':' or whitespace; we also keep out everything that is not safe in a file
-# name or an INI value.
-_IFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+# The protocol takes the kernel's rule (dev_valid_name(): at most IFNAMSIZ-1 =
+# 15 bytes, no '/', ':' or whitespace, not '.' or '..').  This applier takes
+# less: networkd's Name= is a glob ('*', '?', '[') and a list (spaces), and
+# the name becomes part of a file name, so only these characters are written.
+_BAD_IFACE_RE = re.compile(r"[/:\s\x00-\x1f\x7f]")
+_SAFE_IFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 NETWORK_DIR = "/etc/systemd/network"
 
 
 def interface_problem(name: object) -> str | None:
-    if not isinstance(name, str):
-        return f"interface must be a string, not {type(name).__name__}"
-    if not _IFACE_RE.fullmatch(name):
+    """Why ``name`` is not an interface name by the protocol's rule, or None."""
+    if not isinstance(name, str) or not name:
+        return f"interface must be a non-empty string, not {shown(name)}"
+    if len(name) > 15 or name in (".", "..") or _BAD_IFACE_RE.search(name):
         return (
-            f"interface {shown(name)} is not an interface name: use 1-15 characters of "
-            "A-Z a-z 0-9 _ . -, starting with a letter or digit"
+            f"interface {shown(name)} is not a Linux interface name: 1-15 characters, "
+            "no '/', ':', whitespace or control characters, not '.' or '..'"
         )
     return None
 
@@ -721,6 +764,12 @@ class AddressesApplier:
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         config = item.value
         assert isinstance(config, InterfaceConfig)
+        if not _SAFE_IFACE_RE.fullmatch(config.interface):
+            raise ApplyFailed(
+                item.name,
+                f"interface {shown(config.interface)} is not supported by this agent: "
+                "use A-Z a-z 0-9 _ . - (systemd-networkd reads other characters as patterns)",
+            )
         path = f"{NETWORK_DIR}/50-xen-channel-{config.interface}.network"
         changed = ctx.fs.write_file(path, config.network_file().encode("ascii"), 0o644)
         where = ctx.fs.shown_path(path)
