@@ -41,9 +41,9 @@ from xen_channel_backend.broker import (
     Broker,
     broker_socket_for,
 )
-from xen_channel_backend.model import MAX_SOCKET_PATH
+from xen_channel_backend.model import MAX_SOCKET_PATH, Connection, Target
 from xen_channel_backend.protocol import MAX_FRAME, encode
-from xen_channel_backend.registry import Registry
+from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 
 UUID_A = "6c3f1b7e-0000-4000-8000-00000000000a"
 UUID_B = "6c3f1b7e-0000-4000-8000-00000000000b"
@@ -540,3 +540,31 @@ def test_an_unknown_group_in_the_settings_file_is_a_settings_error(
     code, err = run_cli("broker", "--rundir", str(rundir))
     assert code == 1
     assert err == "xen-channel: error: settings: group: no such group 'no-such-group-xcb'\n"
+
+
+def test_a_socket_outside_the_allowed_roots_is_never_proxied(
+    rundir: Path, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    # A record naming some other root-owned socket (libvirt's, say): the
+    # broker would connect to it as root and hand it to a group.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o750)
+    with BackendStandin(elsewhere / "sock") as victim:
+        records = (ChannelRecord(CHANNEL, Connection.SOCKET, str(elsewhere / "sock"), Target.XEN),)
+        Registry(str(rundir)).put(DomainRecord(UUID_A, "vm-a", "libxl", "running", records))
+        broker.wait_log("is outside the allowed roots; not served")
+        assert victim.connections == 0
+        assert not os.path.exists(broker_socket_for(str(elsewhere / "sock")))
+
+
+def test_a_symlink_at_the_qemu_socket_path_is_not_followed(
+    rundir: Path, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL], state="preparing")
+    target = rundir / "real-sock"
+    with BackendStandin(target) as victim:
+        os.symlink(target, paths[CHANNEL])
+        write_record(rundir, UUID_A, "vm-a", [CHANNEL])
+        broker.wait_log("cannot connect to QEMU socket")
+        assert "it is not a socket (or is a symlink)" in broker.log()
+        assert victim.connections == 0

@@ -40,7 +40,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
@@ -53,6 +53,7 @@ from .errors import (
     shown,
 )
 from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
+from .paths import is_within
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
 from .registry import RUNNING, Registry
 from .settings import load_settings
@@ -149,13 +150,18 @@ class ChannelSpec:
         return f"domain {shown(self.domain_name)} channel {shown(self.channel)}"
 
 
-def read_running_channels(registry: Registry) -> dict[tuple[str, str], ChannelSpec]:
+def read_running_channels(
+    registry: Registry, allowed_roots: Sequence[str]
+) -> dict[tuple[str, str], ChannelSpec]:
     """Every brokerable channel of every running domain in the registry.
 
-    Brokerable: a socket channel with a path, not one libvirt connects to
-    itself.  Paths are re-validated: the broker connects to them as root.
-    Raises RegistryError when a record cannot be read (the caller keeps
-    serving what it has and retries).
+    Brokerable: a socket channel with a path below one of ``allowed_roots``
+    (the settings' run directory and roots, which the prepare hook enforced
+    too), not one libvirt connects to itself.  Paths are re-checked here
+    because the broker connects to them as root and hands the connection
+    to a group: a path pointing elsewhere (libvirt's own socket, say) must
+    never be proxied.  Raises RegistryError when a record cannot be read
+    (the caller keeps serving what it has and retries).
     """
     specs: dict[tuple[str, str], ChannelSpec] = {}
     for record in registry.list():
@@ -175,6 +181,12 @@ def read_running_channels(registry: Registry) -> dict[tuple[str, str], ChannelSp
                 validate_path(channel.path, channel.name)
             except XenChannelError as exc:
                 log.warning("broker: %s: %s; not served", spec.label, exc.message())
+                continue
+            if not is_within(channel.path, allowed_roots, strict=True):
+                log.warning(
+                    "broker: %s: socket %s is outside the allowed roots; not served",
+                    spec.label, shown(channel.path),
+                )
                 continue
             specs[spec.key] = spec
     return specs
@@ -265,9 +277,11 @@ class Broker:
         gid: int | None = None,
         poll_interval: float = 1.0,
         *,
+        allowed_roots: Sequence[str] | None = None,
         backoff_max: float = BACKOFF_MAX,
     ) -> None:
         self.rundir = rundir
+        self.allowed_roots = tuple(allowed_roots) if allowed_roots is not None else (rundir,)
         self.gid = gid
         self.poll_interval = poll_interval
         self.backoff_max = backoff_max
@@ -344,7 +358,7 @@ class Broker:
     def _poll_registry(self, force: bool) -> None:
         if self.watcher.changed() or force or self._registry_problem:
             try:
-                wanted = read_running_channels(self.registry)
+                wanted = read_running_channels(self.registry, self.allowed_roots)
             except (RegistryError, OSError) as exc:
                 # Keep serving what we have: one unreadable record must not
                 # cut every running domain off.  Retried on every poll.
@@ -576,6 +590,17 @@ class Broker:
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:  # EMFILE: retry later, keep serving the rest
+            self._connect_failed(link, now, _describe(exc))
+            return
+        # Never through a symlink (the directory is root's alone, see
+        # _check_directory, so this is defence in depth).
+        try:
+            if not stat.S_ISSOCK(os.lstat(link.spec.path).st_mode):
+                sock.close()
+                self._connect_failed(link, now, "it is not a socket (or is a symlink)")
+                return
+        except OSError as exc:
+            sock.close()
             self._connect_failed(link, now, _describe(exc))
             return
         # A non-blocking connect on a Unix socket completes at once or fails
@@ -852,7 +877,9 @@ def run_broker(args: argparse.Namespace, streams: Streams) -> int:
         gid = resolve_group(args.group)
     else:
         gid = resolve_group(settings.group, "settings: group")
-    broker = Broker(settings.rundir, gid, args.poll_interval)
+    broker = Broker(
+        settings.rundir, gid, args.poll_interval, allowed_roots=settings.allowed_roots
+    )
     if threading.current_thread() is not threading.main_thread():
         return broker.run()  # signals can only be handled in the main thread
 
