@@ -289,6 +289,7 @@ class Broker:
         self.watcher = RegistryWatcher(self.registry.records_dir)
         self._registry_problem: str | None = None
         self.links: dict[tuple[str, str], _Link] = {}
+        self._by_consumer_path: dict[str, _Link] = {}
         # Links with a consumer socket but no QEMU connection: the only ones
         # the loop visits each turn (for retry deadlines), so an idle
         # turn costs nothing per connected channel.
@@ -397,8 +398,7 @@ class Broker:
         except InvalidSocketPath as exc:
             log.warning("broker: %s: %s; not served", spec.label, exc.message())
             return
-        paths = {other.consumer_path: other for other in self.links.values()}
-        clash = paths.get(link.consumer_path)
+        clash = self._by_consumer_path.get(link.consumer_path)
         if clash is not None:
             log.warning(
                 "broker: %s: consumer socket %s is already %s's; not served",
@@ -406,10 +406,12 @@ class Broker:
             )
             return
         self.links[spec.key] = link
+        self._by_consumer_path[link.consumer_path] = link
         log.info("broker: %s: following QEMU socket %s", spec.label, shown(spec.path))
 
     def _remove_link(self, key: tuple[str, str], why: str) -> None:
         link = self.links.pop(key)
+        del self._by_consumer_path[link.consumer_path]
         self._unconnected.discard(link)
         for consumer in list(link.consumers):
             self._drop_consumer(consumer, None)
