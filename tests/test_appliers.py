@@ -672,3 +672,14 @@ def test_appliers_agree_with_the_protocol_on_malformed(payload: dict[str, object
     protocol_problems = validate_config_payload(payload)
     plan = default_registry().plan(payload)
     assert bool(plan.problems) == bool(protocol_problems), (plan.problems, protocol_problems)
+
+
+def test_ssh_keys_without_chown_say_so(root: Path, real_keys: dict[str, str]) -> None:
+    """An unprivileged agent (e.g. a test run as a user) cannot chown: it still
+    writes the file, and the detail says the owner was not set."""
+    payload = {"ssh_keys": [{"user": "bob", "keys": [real_keys["ed25519"]]}]}
+    outcome = default_registry().apply(payload, ctx(root, may_chown=False))
+    assert outcome.status == "ok"
+    assert outcome.results[0].detail.endswith("(not chowned: the agent is not root)")
+    path = root / "home/bob/.ssh/authorized_keys"
+    assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (os.geteuid(), 0o600)

@@ -588,3 +588,57 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         [analyze, "verify", "--man=no", str(instance)], capture_output=True, text=True
     )
     assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_whole_guest_chain_with_the_real_dom0_client(guest: dict[str, Path]) -> None:
+    """Every real part that runs here, in the order a boot runs them: the udev
+    helper reads the channel name with the real xenstore-read (from the
+    xenstore stand-in) and links /dev/xen-channel/NAME -> DEVPREFIX/hvc1,
+    which stands for the pty; the agent finds it through inotify; the dom0
+    side is the project's own ChannelClient (xen-channel send)."""
+    from xenstore_standin import XenstoreStandin
+
+    from xen_channel_backend.agent import ChannelClient
+    from xen_channel_backend.errors import ConfigRefused
+
+    shell = shutil.which("dash") or shutil.which("sh")
+    if shutil.which("xenstore-read") is None or shell is None:
+        pytest.skip("needs Debian's xenstore-read (xenstore-utils); run scripts/install-deps")
+    devprefix = guest["devdir"].parent
+    devprefix.mkdir(parents=True)
+    with (
+        BackendStandin(guest["socket"]) as qemu,
+        XenstoreStandin(
+            guest["socket"].parent / "xs.sock",
+            domid=5,
+            tree={"device/console/1/name": CHANNEL},
+        ) as store,
+    ):
+        (devprefix / "hvc1").symlink_to(qemu.guest_tty)  # console-1 probed as hvc1
+        agent = AgentProcess(guest["devdir"], guest["root"], guest["log"])
+        try:
+            agent.wait_log("(inotify)")
+            env = store.client_env() | {
+                "XEN_CHANNEL_DEVDIR": str(guest["devdir"]),
+                "XEN_CHANNEL_DEVPREFIX": str(devprefix),
+            }
+            subprocess.run(
+                [shell, str(REPO / "guest" / "xen-channel-setup"), "add", "console-1"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            assert os.readlink(guest["devdir"] / CHANNEL) == str(devprefix / "hvc1")
+            with ChannelClient(str(guest["socket"])) as client:
+                info = client.handshake(timeout=WAIT)
+                assert (info.name, info.protocol_version) == ("xen-channel-guest", 1)
+                ack = client.send_config({"hostname": "vm1"}, timeout=WAIT)
+                assert [(r.item, r.status) for r in ack.results] == [("hostname", "applied")]
+                with pytest.raises(ConfigRefused) as refused:
+                    client.send_config({"extra": {"org.example.x": 1}}, timeout=WAIT)
+                assert refused.value.status == "partial"
+                assert client.ping(timeout=WAIT) >= 0
+            assert (guest["root"] / "etc/hostname").read_text() == "vm1\n"
+        finally:
+            agent.stop()
+    assert "Traceback" not in agent.log_text()
