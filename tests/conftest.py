@@ -24,7 +24,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if not report.skipped or item.get_closest_marker("integration") is None:
         return
-    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    longrepr = report.longrepr
+    reason = str(longrepr[-1]) if isinstance(longrepr, tuple) else str(longrepr)
     if os.environ.get("XCB_REQUIRE_INTEGRATION") == "1":
         report.outcome = "failed"
         report.longrepr = f"integration test skipped where it is required: {reason}"

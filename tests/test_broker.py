@@ -47,6 +47,7 @@ from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 
 UUID_A = "6c3f1b7e-0000-4000-8000-00000000000a"
 UUID_B = "6c3f1b7e-0000-4000-8000-00000000000b"
+UUID_C = "6c3f1b7e-0000-4000-8000-00000000000c"
 CHANNEL = "org.example.agent.0"
 
 
@@ -410,8 +411,9 @@ def test_an_unreadable_registry_record_does_not_cut_served_domains_off(
     consumer.send({"type": "ping", "id": "still-here"})
     vm.guest().reader.wait_message(lambda m: m["id"] == "still-here", "ping while corrupt")
     assert os.path.exists(vm.consumer_path())
-    corrupt.unlink()
-    broker.wait_log("registry readable again")
+    # A domain that starts while the corrupt record is still there is served.
+    late = start_domain(rundir, domains, UUID_C, "vm-c")
+    connected(broker, late)
     assert "stopped serving" not in broker.log()
 
 

@@ -317,3 +317,30 @@ def test_remove_racing_put_neither_deadlocks_nor_corrupts(tmp_path: Path) -> Non
     assert [p.exitcode for p in procs] == [0] * 8
     current = Registry(str(tmp_path)).get(UUID_A)
     assert current is None or current == record(UUID_A, "vm", "/srv/pr/a")
+
+
+def test_uuid_lookups_never_scan_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = Registry(str(tmp_path))
+    reg.put(record(UUID_A, "vm1"))
+
+    def no_scan(self: Registry) -> None:
+        raise AssertionError("a UUID lookup must not read every record")
+
+    monkeypatch.setattr(Registry, "scan", no_scan)
+    assert reg.get(UUID_B) is None and reg.by_uuid(UUID_B) is None
+    found = reg.by_uuid(UUID_A.upper())
+    assert found is not None and found.name == "vm1"
+
+
+def test_scan_reports_a_corrupt_record_without_hiding_the_others(tmp_path: Path) -> None:
+    reg = Registry(str(tmp_path))
+    reg.put(record(UUID_A, "vm1"))
+    reg.put(record(UUID_B, "vm2"))
+    (Path(reg.records_dir) / f"{UUID_B}.json").write_text("{")
+    records, problems = reg.scan()
+    assert [r.name for r in records] == ["vm1"]
+    assert [p.path for p in problems] == [str(Path(reg.records_dir) / f"{UUID_B}.json")]
+    with pytest.raises(RegistryError):
+        reg.list()

@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Final
 
 from .errors import (
     InvalidSocketPath,
-    RegistryError,
     SettingsError,
     UsageError,
     XenChannelError,
@@ -160,11 +159,14 @@ def read_running_channels(
     too), not one libvirt connects to itself.  Paths are re-checked here
     because the broker connects to them as root and hands the connection
     to a group: a path pointing elsewhere (libvirt's own socket, say) must
-    never be proxied.  Raises RegistryError when a record cannot be read
-    (the caller keeps serving what it has and retries).
+    never be proxied.  An unreadable record is logged and skipped: it must
+    not cut every other domain off.
     """
     specs: dict[tuple[str, str], ChannelSpec] = {}
-    for record in registry.list():
+    records, problems = registry.scan()
+    for problem in problems:
+        log.warning("broker: %s; its channels are not served", problem.message())
+    for record in records:
         if record.state != RUNNING:
             continue
         for channel in record.channels:
@@ -360,13 +362,10 @@ class Broker:
         if self.watcher.changed() or force or self._registry_problem:
             try:
                 wanted = read_running_channels(self.registry, self.allowed_roots)
-            except (RegistryError, OSError) as exc:
-                # Keep serving what we have: one unreadable record must not
-                # cut every running domain off.  Retried on every poll.
-                problem = (
-                    exc.message() if isinstance(exc, RegistryError)
-                    else f"registry {shown(self.registry.records_dir)}: {_describe(exc)}"
-                )
+            except OSError as exc:
+                # The registry directory itself is unreadable: keep serving
+                # what we have, and retry on every poll.
+                problem = f"registry {shown(self.registry.records_dir)}: {_describe(exc)}"
                 if problem != self._registry_problem:
                     log.warning("broker: %s; keeping the channels served so far", problem)
                 self._registry_problem = problem

@@ -205,19 +205,6 @@ class HookCall:
         return canonical_uuid(domain.uuid), domain.name or self.domain
 
 
-def _registered(registry: Registry, uuid: str) -> DomainRecord | None:
-    """The record of ``uuid``, without Registry.get's fallback scan by name.
-
-    get() treats a miss as "maybe a domain *named* like this UUID" and scans
-    every record; a hook knows it has a UUID, and its cost must not grow with
-    the number of domains, so it looks for the record file (registry.py's
-    documented ``domains/<uuid>.json``) first.
-    """
-    if not os.path.exists(os.path.join(registry.records_dir, f"{uuid}.json")):
-        return None
-    return registry.get(uuid)
-
-
 def _record(
     call: HookCall, uuid: str, name: str, state: str, channels: Sequence[ChannelRecord]
 ) -> DomainRecord:
@@ -249,7 +236,7 @@ def prepare(call: HookCall) -> int:
         assert channel.path is not None
         check_explicit_path(settings, uuid, channel.name, channel.path)
     registry = call.registry()
-    previous = _registered(registry, uuid)
+    previous = registry.by_uuid(uuid)
     record = _record(call, uuid, name, PREPARING,
                      [ChannelRecord.from_channel(c) for c in domain.channels])
     registry.claim_paths(record)
@@ -402,7 +389,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     domain = call.scan()
     uuid, name = call.identity(domain)
     registry = call.registry()
-    previous = _registered(registry, uuid)
+    previous = registry.by_uuid(uuid)
     ours = {c.path for c in previous.channels if c.created_dir} if previous else set()
     # The domain's own directory is ours even when the record is gone (a
     # reconnect after the registry was lost), as at prepare.
@@ -452,7 +439,7 @@ def release(call: HookCall) -> int:
     uuid, name = call.identity(domain)
     settings = call.settings()
     registry = call.registry()
-    record = _registered(registry, uuid)
+    record = registry.by_uuid(uuid)
     if record is None:
         return 0
     for channel in record.channels:

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import metadata
 from .console import Streams
-from .errors import InvalidMetadata, LibvirtUnavailable, RegistryError, XenChannelError, shown
+from .errors import InvalidMetadata, LibvirtUnavailable, XenChannelError, shown
 from .model import Channel, Connection
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ class Monitor:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
             self._synced.pop(uuid, None)
-            record = self._record(uuid)
+            record = self.registry.by_uuid(uuid)
             if record is not None and record.driver == self.driver:
                 self._forget(record)
             return
@@ -380,7 +380,7 @@ class Monitor:
                 self._attempt(f"domain {record.uuid}", functools.partial(self.sync, record.uuid))
                 if self._connection_lost:
                     return report
-                if self._record(record.uuid) is None:
+                if self.registry.by_uuid(record.uuid) is None:
                     report.removed.append(record.uuid)
         for uuid, domain in domains.items():
             domain_id = domain.ID()
@@ -404,38 +404,11 @@ class Monitor:
         return report
 
     def _list_records(self) -> list[DomainRecord]:
-        """Every readable record; a corrupt one is logged and skipped, not fatal.
-
-        Registry.list() raises on the first corrupt file, which would stop
-        every later reconcile from cleaning anything up.
-        """
-        try:
-            return self.registry.list()
-        except RegistryError as exc:
-            log.warning("%s; reading the other records one by one", exc.message())
-        records: list[DomainRecord] = []
-        try:
-            entries = sorted(os.listdir(self.registry.records_dir))
-        except FileNotFoundError:
-            return records
-        for entry in entries:
-            if entry.startswith(".") or not entry.endswith(".json"):
-                continue
-            try:
-                record = self._record(entry[: -len(".json")])
-            except XenChannelError:
-                continue  # corrupt (logged above for the first one) or not a UUID
-            if record is not None:
-                records.append(record)
+        """Every readable record; a corrupt one is logged and skipped, not fatal."""
+        records, problems = self.registry.scan()
+        for problem in problems:
+            log.warning("%s; skipped", problem.message())
         return records
-
-    def _record(self, uuid: str) -> DomainRecord | None:
-        # Registry.get() treats a missed UUID as a possible domain *name* and
-        # then scans every record; here a miss is the common case (every
-        # domain we do not manage), so look for the record file first.
-        if not os.path.exists(os.path.join(self.registry.records_dir, f"{uuid}.json")):
-            return None
-        return self.registry.get(uuid)
 
     def _sync_active(self, domain: Any, uuid: str) -> None:
         import libvirt
@@ -466,7 +439,7 @@ class Monitor:
         except InvalidMetadata as exc:
             log.warning("%s; replacing it", exc.message())
             current = None
-        record = self._record(uuid)
+        record = self.registry.by_uuid(uuid)
         managed = _managed_names(record, current)
         if not managed:
             self._synced[uuid] = (domain.ID(), record)
@@ -517,7 +490,7 @@ class Monitor:
         ``stopped``), so this happens only without hooks or when libvirtd
         died together with the domain.  Its pty paths are gone with it.
         """
-        record = self._record(uuid)
+        record = self.registry.by_uuid(uuid)
         if record is None or record.state != "running" or record.driver != self.driver:
             return
         updated = dataclasses.replace(

@@ -191,34 +191,61 @@ class Registry:
 
     # --- reading (no locks: every file is replaced atomically) ---------------
 
+    def by_uuid(self, uuid: str) -> DomainRecord | None:
+        """The record of domain ``uuid`` (any spelling), or None: one file read.
+
+        What hooks and the monitor use: they always know the UUID, and their
+        cost must not grow with the number of registered domains.
+        """
+        return self._read_record(canonical_uuid(uuid))
+
     def get(self, name_or_uuid: str) -> DomainRecord | None:
-        """The record for a UUID (any spelling) or a domain name, or None."""
+        """The record for a UUID (any spelling) or a domain name, or None.
+
+        A UUID-shaped argument never scans: it is looked up as a UUID, then
+        as a name in the index (a domain may be *named* like a UUID).  Only a
+        name missing from the index falls back to reading every record, for
+        an index entry lost to a crash between the record and index writes.
+        """
         try:
             uuid = canonical_uuid(name_or_uuid)
         except InvalidUUID:
-            pass
+            uuid = None
         else:
             record = self._read_record(uuid)
             if record is not None:
                 return record
-            # A domain may be *named* like a UUID; fall through to names.
         uuid_by_name = self._index_lookup(name_or_uuid)
         if uuid_by_name is not None:
             record = self._read_record(uuid_by_name)
             if record is not None and record.name == name_or_uuid:
                 return record
+        if uuid is not None:
+            return None
         for record in self.list():
             if record.name == name_or_uuid:
                 return record
         return None
 
-    def list(self) -> list[DomainRecord]:
-        """Every record, sorted by name then UUID."""
+    def list(self) -> builtins.list[DomainRecord]:
+        """Every record, sorted by name then UUID; RegistryError if one is unreadable."""
+        records, problems = self.scan()
+        if problems:
+            raise problems[0]
+        return records
+
+    def scan(self) -> tuple[builtins.list[DomainRecord], builtins.list[RegistryError]]:
+        """Every readable record (sorted), and an error for each unreadable one.
+
+        For daemons (monitor, broker): one corrupt record must not hide every
+        other domain from them.  The CLI uses list(), which reports it.
+        """
         try:
             entries = os.listdir(self.records_dir)
         except FileNotFoundError:
-            return []
+            return [], []
         records = []
+        problems = []
         for entry in entries:
             # Skip atomic_write's ".*.tmp" files (a writer may be mid-write or
             # have been killed); only "<uuid>.json" is a record.
@@ -228,10 +255,14 @@ class Registry:
                 uuid = canonical_uuid(entry[: -len(".json")])
             except InvalidUUID:
                 continue
-            record = self._read_record(uuid)
+            try:
+                record = self._read_record(uuid)
+            except RegistryError as exc:
+                problems.append(exc)
+                continue
             if record is not None:
                 records.append(record)
-        return sorted(records, key=lambda r: (r.name, r.uuid))
+        return sorted(records, key=lambda r: (r.name, r.uuid)), problems
 
     # --- writing ----------------------------------------------------------------
 
