@@ -298,6 +298,11 @@ def test_output_file_is_written(tmp_path: Path) -> None:
     assert out.read_text() == 'channel = [ "connection=pty,name=a" ]\n'
 
 
+def test_stdin_twice_is_a_usage_error() -> None:
+    result = convert("--to", "xl", "-", "--into", "-")
+    assert result.code == 2 and "stdin" in result.err
+
+
 def test_missing_to_is_a_usage_error() -> None:
     result = convert("x.xml")
     assert result.code == 2 and result.err.startswith("xen-channel: error: ")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import domxml, xlcfg
 from .console import Streams, read_input, write_output
-from .errors import UnsupportedChannel, shown
+from .errors import UnsupportedChannel, UsageError, shown
 from .model import Channel, Connection, Target
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 def run(args: argparse.Namespace, streams: Streams) -> int:
     """Handler of ``xen-channel convert`` (cli.py declares its arguments)."""
+    if args.input == "-" and args.into == "-":
+        raise UsageError("FILE and --into cannot both be '-' (stdin)")
     if args.to == "xl":
         text = _to_xl(args, streams)
     else:

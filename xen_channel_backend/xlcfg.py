@@ -114,15 +114,19 @@ class ParsedChannels:
 # "looks like Python" rule because it is longer.
 _TOKEN_RE = re.compile(
     r"""
+    [ \t]*  # flex's whitespace rule, folded into the next token's match
+    (?:
       (?P<ident>[a-z][._0-9a-z]*)
     | (?P<number>[0-9][0-9a-fx]*)
-    | (?P<space>[ \t]+)
     | (?P<punct>\+=|[,\[\]=;])
     | (?P<newline>\n|\#[^\n]*\n)
     | (?P<string>'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'|"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*")
+    )
     """,
     re.VERBOSE,
 )
+
+_SPACES = re.compile(r"[ \t]*")
 
 _SIMPLE_ESCAPES = {
     '"': '"',
@@ -157,10 +161,14 @@ class _Lexer:
     def tokens(self) -> list[_Token]:
         text, pos, line = self.text, 0, 1
         out: list[_Token] = []
-        while pos < len(text):
+        size = len(text)
+        while pos < size:
             match = _TOKEN_RE.match(text, pos)
             if match is None:
-                if pos == len(text) - 1 and ord(text[pos]) < 0x80:
+                pos = _SPACES.match(text, pos).end()  # type: ignore[union-attr]
+                if pos >= size:
+                    break
+                if pos == size - 1 and ord(text[pos]) < 0x80:
                     # flex only reports a lexical error when its error rule
                     # matches something after the bad byte; a bad last byte
                     # (a stray '#', '(' or '\r' at EOF) is dropped without a
@@ -168,16 +176,16 @@ class _Lexer:
                     break
                 raise self.error(line, self._lexical_error(pos))
             kind = match.lastgroup or ""
-            end = match.end()
-            if kind == "ident" or kind == "number":
-                out.append(_Token(kind, match.group(), line, pos, end))
-            elif kind == "punct":
-                out.append(_Token(match.group(), match.group(), line, pos, end))
-            elif kind == "newline":
-                out.append(_Token("newline", "", line, pos, end))
+            start, end = match.start(kind), match.end()
+            if kind == "newline":
+                out.append(_Token("newline", "", line, start, end))
                 line += 1
             elif kind == "string":
-                out.append(_Token("string", self._dequote(match.group(), line), line, pos, end))
+                out.append(_Token("string", self._dequote(match[kind], line), line, start, end))
+            elif kind == "punct":
+                out.append(_Token(match[kind], match[kind], line, start, end))
+            else:
+                out.append(_Token(kind, match[kind], line, start, end))
             pos = end
         out.append(_Token("eof", "", line, pos, pos))
         return out
