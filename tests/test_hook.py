@@ -276,6 +276,19 @@ def test_stopped_and_release_remove_everything_and_are_idempotent(host: HookHost
     assert call(host, "libxl", "release", "end", xml) == (0, "", "")
 
 
+def test_release_also_removes_a_running_brokers_socket(host: HookHost) -> None:
+    from xen_channel_backend.paths import broker_socket_for
+
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    qemu_socket = f"{host.domain_dir(uuid)}/org.a.0"
+    stale_socket(qemu_socket)
+    stale_socket(broker_socket_for(qemu_socket))  # the broker has not polled yet
+    assert call(host, "libxl", "release", "end", xml) == (0, "", "")
+    assert not os.path.exists(host.domain_dir(uuid))
+
+
 def test_release_without_prepare_is_fine(host: HookHost) -> None:
     assert call(host, "libxl", "release", "end", xen_domain(host, new_uuid(), "a.0")) == (0, "", "")
 

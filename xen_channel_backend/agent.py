@@ -37,6 +37,7 @@ from .errors import (
     XenChannelError,
     shown,
 )
+from .paths import broker_socket_for
 
 if TYPE_CHECKING:
     import argparse
@@ -53,17 +54,6 @@ MAX_BACKOFF = 5.0
 #: Repeat an unanswered hello this often during a handshake (see handshake()).
 DEFAULT_HELLO_INTERVAL = 1.0
 _READ_SIZE = 65536
-
-
-def broker_socket_for(qemu_socket_path: str) -> str:
-    """Where a running broker serves consumers of this channel.
-
-    The naming rule lives in broker.py, next to the code that binds the
-    socket; this name is the one the client uses, so both always agree.
-    """
-    from .broker import broker_socket_for as rule  # lazily: only `send` needs it
-
-    return rule(qemu_socket_path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import errno
 import grp
-import hashlib
 import logging
 import os
 import secrets
@@ -51,8 +50,8 @@ from .errors import (
     XenChannelError,
     shown,
 )
-from .model import MAX_SOCKET_PATH, Connection, validate_name, validate_path
-from .paths import is_within
+from .model import Connection, validate_name, validate_path
+from .paths import broker_socket_for, is_within
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
 from .registry import RUNNING, Registry
 from .settings import load_settings
@@ -63,12 +62,6 @@ if TYPE_CHECKING:
     from .console import Streams
 
 log = logging.getLogger(__name__)
-
-#: '@' cannot occur in a channel name (model.NAME_RULE), so a broker socket
-#: never collides with a socket that allocation derived from a channel name.
-BROKER_SUFFIX: Final = "@broker"
-_HASHED_PREFIX: Final = "@"
-_HASH_HEX: Final = 12
 
 #: libvirt itself connects to this channel (its qemu-ga client); holding its
 #: one connection would lock libvirt out, and it does not speak our protocol.
@@ -96,36 +89,12 @@ _HEALTHY_AFTER: Final = 1.0
 # --- naming ---------------------------------------------------------------
 
 
-def broker_socket_for(qemu_socket_path: str) -> str:
-    """Where the broker serves consumers of the channel whose QEMU socket is given.
-
-    The consumer socket is a sibling of QEMU's, so it lives in the same
-    per-domain directory (mode 0750, root and the configured group) and
-    disappears with it.  Normally it is ``<path>@broker``.  When that
-    would pass the 107-byte sun_path limit, the sibling is
-    ``@<12 hex digits of sha256(basename)>``, which fits whenever the
-    directory is at most 93 bytes; allocated paths (a run directory of at
-    most 52 bytes, then the UUID) always are.
-    """
-    validate_path(qemu_socket_path)
-    direct = qemu_socket_path + BROKER_SUFFIX
-    if len(direct.encode("utf-8", "surrogateescape")) <= MAX_SOCKET_PATH:
-        return direct
-    directory, base = os.path.split(qemu_socket_path)
-    digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()
-    short = os.path.join(directory, _HASHED_PREFIX + digest[:_HASH_HEX])
-    if len(short.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
-        raise InvalidSocketPath(
-            None, qemu_socket_path, "leaves no room for a broker socket beside it"
-        )
-    return short
-
-
 def _temporary_sibling(path: str) -> str:
     """A random name to bind under before renaming to ``path``; never longer than it."""
     directory, base = os.path.split(path)
-    size = min(len(_HASHED_PREFIX) + _HASH_HEX, len(base.encode("utf-8", "surrogateescape")))
-    return os.path.join(directory, (_HASHED_PREFIX + secrets.token_hex(_HASH_HEX))[:size])
+    # '@' keeps it out of the channel-name namespace, like the socket itself.
+    size = min(1 + 12, len(base.encode("utf-8", "surrogateescape")))
+    return os.path.join(directory, ("@" + secrets.token_hex(12))[:size])
 
 
 # --- the registry ---------------------------------------------------------

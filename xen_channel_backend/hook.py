@@ -433,7 +433,7 @@ def reconnect(call: HookCall) -> int:
 
 def release(call: HookCall) -> int:
     """Remove the sockets and directories we created, then the record.  Idempotent."""
-    from .paths import is_within
+    from .paths import broker_socket_for, is_within
 
     domain = call.scan()
     uuid, name = call.identity(domain)
@@ -455,7 +455,13 @@ def release(call: HookCall) -> int:
             log.warning("domain %s: left %s alone: its path is claimed by another domain",
                         shown(name), shown(path))
             continue
-        _remove_stale_socket(channel.name or "channel", path, refuse_other=False)
+        label = channel.name or "channel"
+        _remove_stale_socket(label, path, refuse_other=False)
+        # A running broker serves this channel from a socket beside QEMU's;
+        # it notices the domain is gone only at its next registry poll, and
+        # until then its socket would keep the directory from being removed.
+        with contextlib.suppress(XenChannelError):
+            _remove_stale_socket(label, broker_socket_for(path), refuse_other=False)
         if channel.created_dir:
             try:
                 os.rmdir(os.path.dirname(path))

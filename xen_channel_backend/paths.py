@@ -45,8 +45,8 @@ import uuid as uuidlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .errors import InvalidUUID, PathNotAllowed, RunDirTooLong
-from .model import MAX_SOCKET_PATH, validate_name
+from .errors import InvalidSocketPath, InvalidUUID, PathNotAllowed, RunDirTooLong
+from .model import MAX_SOCKET_PATH, validate_name, validate_path
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -56,6 +56,11 @@ HASH_CHARS = 16
 HASH_MARK = "~"
 MIN_LEAF = len(HASH_MARK) + HASH_CHARS
 UUID_CHARS = 36
+#: '@' cannot occur in a channel name (model.NAME_RULE), so a broker socket
+#: never collides with a socket that allocation derived from a channel name.
+BROKER_SUFFIX = "@broker"
+_BROKER_HASHED_PREFIX = "@"
+_BROKER_HASH_HEX = 12
 #: Longest run directory (bytes) for which every channel name still fits.
 MAX_RUNDIR = MAX_SOCKET_PATH - 1 - UUID_CHARS - 1 - MIN_LEAF
 
@@ -103,6 +108,31 @@ def socket_path(settings: Settings, uuid: str, channel_name: str) -> str:
     directory = domain_socket_dir(settings, uuid)
     budget = MAX_SOCKET_PATH - len(directory.encode("utf-8", "surrogateescape")) - 1
     return f"{directory}/{socket_leaf(channel_name, budget)}"
+
+
+def broker_socket_for(qemu_socket_path: str) -> str:
+    """Where the broker serves consumers of the channel whose QEMU socket is given.
+
+    The consumer socket is a sibling of QEMU's, so it lives in the same
+    per-domain directory (mode 0750, root and the configured group) and
+    disappears with it.  Normally it is ``<path>@broker``.  When that
+    would pass the 107-byte sun_path limit, the sibling is
+    ``@<12 hex digits of sha256(basename)>``, which fits whenever the
+    directory is at most 93 bytes; allocated paths (a run directory of at
+    most 52 bytes, then the UUID) always are.
+    """
+    validate_path(qemu_socket_path)
+    direct = qemu_socket_path + BROKER_SUFFIX
+    if len(direct.encode("utf-8", "surrogateescape")) <= MAX_SOCKET_PATH:
+        return direct
+    directory, base = os.path.split(qemu_socket_path)
+    digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()
+    short = os.path.join(directory, _BROKER_HASHED_PREFIX + digest[:_BROKER_HASH_HEX])
+    if len(short.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
+        raise InvalidSocketPath(
+            None, qemu_socket_path, "leaves no room for a broker socket beside it"
+        )
+    return short
 
 
 def is_within(path: str, roots: Iterable[str], *, strict: bool = False) -> bool:

@@ -207,11 +207,12 @@ class Registry:
         name missing from the index falls back to reading every record, for
         an index entry lost to a crash between the record and index writes.
         """
+        uuid: str | None
         try:
             uuid = canonical_uuid(name_or_uuid)
         except InvalidUUID:
             uuid = None
-        else:
+        if uuid is not None:
             record = self._read_record(uuid)
             if record is not None:
                 return record

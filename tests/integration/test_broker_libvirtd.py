@@ -123,12 +123,6 @@ def test_broker_follows_a_real_domain_through_start_and_destroy(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG: the release hook rmdirs the domain's socket directory while the "
-    "broker's <path>@broker is still in it, so the (then empty) directory is left behind; "
-    "fix: hook.release also removes broker_socket_for(path) when it is a socket",
-)
 def test_release_removes_the_directory_while_a_broker_runs(
     daemon: Libvirtd, host: HookHost, broker: BrokerProcess, tmp_path: Path
 ) -> None:
