@@ -38,7 +38,9 @@ DOMAIN = """<domain type='xen'>
   <name>web-{index:05d}</name>
   <uuid>{uuid}</uuid>
   <title>Benchmark guest {index}</title>
-  <description>A typical Xen PV guest with four channels (config, guest agent, metrics, debug console), about 3 KB of XML, as a management tool would define it.</description>
+  <description>A typical Xen PV guest with four channels (config, guest agent,
+    metrics, debug console), about 3 KB of XML, as a management tool would define it.
+  </description>
   <memory unit='KiB'>1048576</memory>
   <currentMemory unit='KiB'>1048576</currentMemory>
   <vcpu placement='static'>2</vcpu>
