@@ -233,6 +233,18 @@ def test_protocol_validator_also_applies(agent: GuestAgent) -> None:
     assert not Path(agent.context.root, "etc/hostname").exists()
 
 
+def test_an_ack_too_big_for_a_frame_becomes_an_error(agent: GuestAgent) -> None:
+    """20000 extra keys fit in a 1 MiB config frame, but their ack would not."""
+    payload = {"extra": {f"k{i}": 0 for i in range(20000)}}
+    assert len(protocol.encode(protocol.config("big", payload))) < protocol.MAX_FRAME
+    [reply] = agent.handle(protocol.config("big", payload))
+    frame = guest_agent.encode_reply(reply)
+    [answer] = protocol.FrameDecoder().feed(frame)
+    assert isinstance(answer, dict)
+    assert (answer["type"], answer["id"], answer["code"]) == ("error", "big", "bad-request")
+    assert guest_agent.encode_reply(protocol.pong("p")) == protocol.encode(protocol.pong("p"))
+
+
 @pytest.mark.parametrize(
     "message",
     [

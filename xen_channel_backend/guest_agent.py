@@ -32,7 +32,7 @@ from typing import IO, Any, NoReturn
 
 from . import __version__, protocol
 from .appliers import ApplyContext, ConfigOutcome, Registry, default_registry
-from .errors import InvalidChannelName, UsageError, XenChannelError, shown
+from .errors import InvalidChannelName, InvalidMessage, UsageError, XenChannelError, shown
 from .model import validate_name
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,9 @@ class PathWaiter:
             if remaining is not None and remaining <= 0:
                 return False
             if self.mode == "poll":
-                time.sleep(self.poll_interval if remaining is None else min(remaining, 1.0))
+                time.sleep(
+                    self.poll_interval if remaining is None else min(remaining, self.poll_interval)
+                )
                 continue
             self._wait_event(remaining)
 
@@ -325,8 +327,9 @@ class GuestAgent:
             return protocol.error(request_id, "bad-request", "config: " + "; ".join(problems))
         outcome = self.apply(message.get("payload"))
         self.config_statuses.append(outcome.status)
+        log.info("config %s: %s, %d items", request_id, outcome.status, len(outcome.results))
         for result in outcome.results:
-            log.info("config %s: %s %s %s", request_id, result.item, result.status, result.detail)
+            log.debug("config %s: %s %s %s", request_id, result.item, result.status, result.detail)
         return protocol.ack(
             request_id,
             outcome.status,
@@ -360,9 +363,26 @@ def serve_channel(fd: int, agent: GuestAgent, once: bool = False) -> None:
             raise LinkLost("end of file (the tty was hung up)")
         for message in decoder.feed(data):
             for reply in agent.handle(message):
-                write_frame(fd, protocol.encode(reply))
+                write_frame(fd, encode_reply(reply))
             if once and agent.config_statuses:
                 return
+
+
+def encode_reply(reply: dict[str, Any]) -> bytes:
+    """Frame a reply; one too big for a frame becomes a short error instead.
+
+    An ack carries one result per item, so a payload of many thousands of
+    extra keys could need more than the 1 MiB frame limit; the agent must
+    answer something rather than die.
+    """
+    try:
+        return protocol.encode(reply)
+    except InvalidMessage as exc:
+        log.warning("cannot send the %s reply: %s", reply.get("type"), exc)
+        request_id = reply.get("id") if isinstance(reply.get("id"), str) else None
+        return protocol.encode(
+            protocol.error(request_id, "bad-request", f"the reply cannot be sent: {exc}")
+        )
 
 
 def run(
