@@ -103,6 +103,7 @@ XL_BAD_INPUTS = {
     "equals-first": 'channel = [ "connection=pty,name=a.b,=x" ]\n',
     "bad-connection-then-good": 'channel = [ "connection=tcp,connection=pty,name=a.b" ]\n',
     "only-commas": 'channel = [ ",,," ]\n',
+    "lists-nested-5000-deep": "xcb.deep = " + "[" * 5000 + "]" * 5000 + "\n",
 }
 
 #: Inputs xl accepts and we refuse on purpose (beyond STRICTER_THAN_XL), with why.
@@ -118,6 +119,10 @@ STRICTER_FILE_SYNTAX = {
     "nested-after-good": (
         'channel = [ "connection=pty,name=a.b", [ "x" ], "connection=pty,name=c.d" ]\n',
         "xl silently drops the nested list and c.d after it",
+    ),
+    "lists-nested-2000-deep": (
+        "xcb.deep = " + "[" * 2000 + "]" * 2000 + "\n",
+        "we stop at MAX_LIST_DEPTH (1000); xl's bison stack takes about 5000",
     ),
     "empty-value-with-space": (
         'channel = [ "connection=pty,name=a.b,backend= " ]\n',

@@ -119,6 +119,18 @@ def test_a_stray_last_byte_is_ignored_like_xl(last: str) -> None:
     assert config.value("a") == xlcfg.Atom("1", 1)
 
 
+def test_deep_nesting_is_parsed_without_recursion_and_bounded() -> None:
+    depth = xlcfg.MAX_LIST_DEPTH
+    config = xlcfg.parse_config(("x = " + "[" * depth + "]" * depth + "\n").encode(), "f")
+    value = config.value("x")
+    for _ in range(depth - 1):
+        assert isinstance(value, tuple) and len(value) == 1
+        value = value[0]
+    assert value == ()
+    with pytest.raises(XlConfigError, match="nested deeper"):
+        xlcfg.parse_config(("x = " + "[ '1', " * 100_000).encode(), "f")
+
+
 def test_not_utf8_is_refused_with_its_line() -> None:
     with pytest.raises(XlConfigError) as info:
         xlcfg.parse_config(b'a = 1\nb = "\xff"\n', "f.cfg")

@@ -42,6 +42,10 @@ from .errors import (
 from .model import Channel, Connection, Target
 from .translate import CONNECTIONS, FIELDS, XL_KEYS, connection_from_xl
 
+#: Deeper list nesting is refused (xl's bison parser stops between about 2,500
+#: and 5,000 levels, depending on the content; no real xl.cfg nests past 2).
+MAX_LIST_DEPTH = 1000
+
 #: The setting xl reads channels from (xl_parse.c: xlu_cfg_get_list(config, "channel")).
 CHANNEL_SETTING = "channel"
 
@@ -307,25 +311,47 @@ class _Parser:
         return Setting(name.text, append, value, value_line, name.start, end)
 
     def parse_value(self) -> XlValue:
-        token = self.current
-        if token.kind in ("string", "number"):
-            self.advance()
-            return Atom(token.text, token.line)
-        if token.kind != "[":
-            raise self.expected("a value (a quoted string, a number or a [list])")
-        self.advance()
-        self.skip_newlines()
-        items: list[XlValue] = []
-        while self.current.kind != "]":
-            items.append(self.parse_value())
-            self.skip_newlines()
-            if self.current.kind == ",":
+        """A string, a number, or a list of values (iterative: lists nest deeply)."""
+        # Each open list is the items read so far; a stack instead of
+        # recursion, so hostile nesting cannot exhaust Python's stack.
+        open_lists: list[list[XlValue]] = []
+        while True:
+            token = self.current
+            if token.kind == "[":
+                if len(open_lists) >= MAX_LIST_DEPTH:
+                    raise XlConfigError(
+                        self.source,
+                        f"lists nested deeper than {MAX_LIST_DEPTH} levels "
+                        "(xl's own parser gives up at a few thousand)",
+                        token.line,
+                    )
                 self.advance()
                 self.skip_newlines()
-            elif self.current.kind != "]":
-                raise self.expected("`,' or `]' in a list")
-        self.advance()
-        return tuple(items)
+                if self.current.kind != "]":
+                    open_lists.append([])
+                    continue  # read the first item
+                value: XlValue = ()
+                self.advance()
+            elif token.kind in ("string", "number"):
+                self.advance()
+                value = Atom(token.text, token.line)
+            else:
+                raise self.expected("a value (a quoted string, a number or a [list])")
+            # A value is complete: it is the result, or the next item of a list.
+            while open_lists:
+                open_lists[-1].append(value)
+                self.skip_newlines()
+                if self.current.kind == ",":
+                    self.advance()
+                    self.skip_newlines()
+                    if self.current.kind != "]":
+                        break  # read the next item
+                elif self.current.kind != "]":
+                    raise self.expected("`,' or `]' in a list")
+                self.advance()
+                value = tuple(open_lists.pop())
+            else:
+                return value
 
 
 def parse_config(data: bytes | str, source: str) -> XlConfig:
