@@ -136,7 +136,7 @@ def _to_libvirt(args: argparse.Namespace, streams: Streams) -> str:
     for channel in parsed.channels:
         if channel.backend is not None:
             streams.warn(
-                f"channel {shown(channel.name)}: backend={channel.backend} has no place "
+                f"channel {shown(channel.name)}: backend={shown(channel.backend)} has no place "
                 "in libvirt XML; dropped"
             )
     channels = [dataclasses.replace(c, backend=None) for c in parsed.channels]

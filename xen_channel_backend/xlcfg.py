@@ -131,6 +131,7 @@ _TOKEN_RE = re.compile(
 )
 
 _SPACES = re.compile(r"[ \t]*")
+_WORD = re.compile(r"[^ \t\n=]*")
 
 _SIMPLE_ESCAPES = {
     '"': '"',
@@ -207,7 +208,7 @@ class _Lexer:
         if char == "\0":
             return "NUL byte in the file"
         if char.isupper():
-            word = re.match(r"[^ \t\n=]*", self.text[pos:])
+            word = _WORD.match(self.text, pos, pos + 40)
             return (
                 f"lexical error near {shown(word.group() if word else char)}: "
                 "setting names are lower case in xl.cfg"
@@ -277,7 +278,7 @@ class _Parser:
         token = self.current
         found = {"eof": "end of file", "newline": "end of line"}.get(token.kind)
         if found is None:
-            found = shown(token.text) if token.kind == "string" else f"`{token.text}'"
+            found = shown(token.text) if token.kind == "string" else shown(token.text[:40])
         detail = f"syntax error: expected {what}, found {found}"
         return XlConfigError(self.source, detail, token.line)
 
@@ -303,7 +304,7 @@ class _Parser:
     def parse_assignment(self) -> Setting:
         name = self.advance()
         if self.current.kind not in ("=", "+="):
-            raise self.expected(f"`=' or `+=' after {name.text}")
+            raise self.expected(f"`=' or `+=' after {shown(name.text)}")
         append = self.advance().kind == "+="
         value_line = self.current.line
         value = self.parse_value()
@@ -394,7 +395,7 @@ def _effective_values(source: str, settings: Iterable[Setting]) -> dict[str, XlV
         else:
             raise XlConfigError(
                 source,
-                f'can\'t add [list] to "string" or vice versa ({setting.name} +=)',
+                f'can\'t add [list] to "string" or vice versa ({shown(setting.name)} +=)',
                 setting.line,
             )
     return values
