@@ -26,7 +26,9 @@ def canonical_xml(text: str | bytes) -> str:
     data = text.encode("utf-8") if isinstance(text, str) else text
     parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
     root = etree.fromstring(data, parser)
-    return etree.tostring(root, method="c14n2", strip_text=True).decode("utf-8")
+    # lxml-stubs do not know C14N 2.0's strip_text option.
+    canonical: bytes = etree.tostring(root, method="c14n2", strip_text=True)  # type: ignore[call-overload]
+    return canonical.decode("utf-8")
 
 
 def _regenerating() -> bool:
