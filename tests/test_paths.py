@@ -205,3 +205,11 @@ def test_make_dirs_nofollow_refuses_a_file_and_outside_paths(tmp_path: Path) -> 
 def test_generated_uuid_spelling_round_trips() -> None:
     value = uuidlib.uuid4()
     assert canonical_uuid(value.hex) == str(value)
+
+
+@given(st.uuids(), st.sampled_from(["lower", "upper", "nodash"]))
+def test_canonical_uuid_agrees_with_the_uuid_module_for_every_spelling(
+    value: uuidlib.UUID, spelling: str
+) -> None:
+    text = {"lower": str(value), "upper": str(value).upper(), "nodash": value.hex}[spelling]
+    assert canonical_uuid(text) == str(value)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
@@ -16,7 +15,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
     target = os.fspath(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     directory = os.path.dirname(os.path.abspath(target))
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -29,6 +28,24 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
             os.unlink(tmp)
         raise
     fsync_directory(directory)
+
+
+def _create_temporary(directory: str) -> tuple[int, str]:
+    """Create a new ``.<random>.tmp`` file in ``directory``, as mkstemp would.
+
+    Not tempfile.mkstemp: importing tempfile (shutil, random, ...) costs the
+    libvirt hook more than the write itself.  O_EXCL and O_NOFOLLOW give the
+    same guarantees: a fresh file of ours, never a planted one or a symlink.
+    """
+    for _attempt in range(100):
+        path = os.path.join(directory, f".{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        return fd, path
+    raise FileExistsError(f"no free temporary name in {directory}")
 
 
 def fsync_directory(directory: str) -> None:

@@ -36,21 +36,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any
 
 from .errors import PathNotAllowed, SettingsError, XenChannelError, XmlInputError, shown
 from .model import Channel, Connection, Target
 
+# Not typing.TYPE_CHECKING: importing typing costs every hook call (mypy
+# treats a module-level TYPE_CHECKING = False the same way).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Any
+
     from .registry import ChannelRecord, DomainRecord, Registry
     from .settings import Settings
 
-log = logging.getLogger(__name__)
 
 PROG = "xen-channel"
 DRIVERS = ("qemu", "libxl")
@@ -174,8 +176,13 @@ class HookCall:
     subop: str
     data: bytes
     stdout: IO[str]
+    stderr: IO[str]
     environ: Mapping[str, str]
     _settings: Settings | None = None
+
+    def warn(self, message: str) -> None:
+        # Not the logging module: importing it costs the hook more than its work.
+        print(f"{PROG}: warning: {message}", file=self.stderr)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -407,7 +414,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     except PathConflict as exc:
         if not lenient:
             raise
-        log.warning("reconnect of domain %s: %s", shown(name), exc.message())
+        call.warn(f"reconnect of domain {shown(name)}: {exc.message()}")
     registry.put(record)
 
 
@@ -421,10 +428,10 @@ def reconnect(call: HookCall) -> int:
     try:
         _register_running(call, lenient=True)
     except XenChannelError as exc:
-        log.warning("reconnect of domain %s: %s", shown(call.domain), exc.message())
+        call.warn(f"reconnect of domain {shown(call.domain)}: {exc.message()}")
     except Exception as exc:  # a bug here must not kill a running domain either
-        log.warning("reconnect of domain %s: internal error: %s: %s",
-                    shown(call.domain), type(exc).__name__, exc)
+        call.warn(f"reconnect of domain {shown(call.domain)}: internal error: "
+                  f"{type(exc).__name__}: {exc}")
     return 0
 
 
@@ -452,8 +459,8 @@ def release(call: HookCall) -> int:
         if not is_within(path, settings.allowed_roots, strict=True):
             continue
         if registry.claim_owner(path) != uuid:
-            log.warning("domain %s: left %s alone: its path is claimed by another domain",
-                        shown(name), shown(path))
+            call.warn(f"domain {shown(name)}: left {shown(path)} alone: "
+                      "its path is claimed by another domain")
             continue
         label = channel.name or "channel"
         _remove_stale_socket(label, path, refuse_other=False)
@@ -468,8 +475,8 @@ def release(call: HookCall) -> int:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("domain %s: left %s in place: %s", shown(name),
-                            shown(os.path.dirname(path)), exc.strerror)
+                call.warn(f"domain {shown(name)}: left {shown(os.path.dirname(path))} "
+                          f"in place: {exc.strerror}")
     registry.remove(uuid)
     return 0
 
@@ -559,14 +566,9 @@ def main(
     handler = HANDLERS.get((op, subop))
     if handler is None or driver in _NOT_FOR.get((op, subop), ()):
         return 0
-    handle = logging.StreamHandler(err)
-    handle.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
-    package_log = logging.getLogger(__package__)
-    package_log.addHandler(handle)
-    package_log.setLevel(logging.WARNING)
     try:
         call = HookCall(driver=driver, domain=domain, op=op, subop=subop,
-                        data=_read_stdin(stdin or sys.stdin), stdout=out,
+                        data=_read_stdin(stdin or sys.stdin), stdout=out, stderr=err,
                         environ=os.environ if environ is None else environ)
         return handler(call)
     except XenChannelError as exc:
@@ -577,8 +579,6 @@ def main(
     except Exception as exc:
         # libvirt shows our stderr in its error message: one line, not a traceback.
         return _fail(err, op, domain, f"internal error: {type(exc).__name__}: {exc}", 1)
-    finally:
-        package_log.removeHandler(handle)
 
 
 def _fail(err: IO[str], op: str, domain: str, message: str, code: int) -> int:

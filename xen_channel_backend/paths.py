@@ -41,13 +41,12 @@ import hashlib
 import os
 import re
 import stat
-import uuid as uuidlib
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from .errors import InvalidSocketPath, InvalidUUID, PathNotAllowed, RunDirTooLong
 from .model import MAX_SOCKET_PATH, validate_name, validate_path
 
+TYPE_CHECKING = False  # not typing's: the hook imports this module on every call
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -73,11 +72,14 @@ def canonical_uuid(value: str) -> str:
 
     libvirt accepts the UUID with or without dashes and in either case, so the
     one domain must map to one directory whichever spelling its XML uses.
+    Formatted by hand: the uuid module imports platform, which costs the hook
+    several milliseconds on every call.
     """
     text = value.strip()
     if not _UUID_RE.fullmatch(text):
         raise InvalidUUID(value)
-    return str(uuidlib.UUID(hex=text.replace("-", "")))
+    h = text.replace("-", "").lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def check_rundir(rundir: str) -> None:

@@ -48,17 +48,18 @@ import errno
 import fcntl
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from .atomic import atomic_write, fsync_directory
 from .errors import InvalidUUID, PathConflict, RegistryError
 from .model import Channel, Connection, Target
 from .paths import canonical_uuid, make_dirs_nofollow
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # not typing's: the hook imports this module on every call
+if TYPE_CHECKING:
+    from typing import Any
+
 
 PREPARING = "preparing"
 RUNNING = "running"
