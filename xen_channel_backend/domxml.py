@@ -196,7 +196,7 @@ def devices_element(root: etree._Element) -> etree._Element:
     devices = root.find("devices")
     if devices is None:
         devices = etree.SubElement(root, "devices")
-        _indent_new_child(root, devices)
+        indent_new_child(root, devices)
     return devices
 
 
@@ -214,11 +214,11 @@ def replace_channels(
     old = [el for el in devices.iterfind("channel") if target_type(el) in wanted]
     position = devices.index(old[0]) if old else _channel_slot(devices)
     for element in old:
-        _remove_keeping_layout(element)
+        remove_keeping_layout(element)
     for offset, channel in enumerate(channels):
         element = channel_element(channel)
         devices.insert(position + offset, element)
-        _indent_new_child(devices, element)
+        indent_new_child(devices, element)
 
 
 def _channel_slot(devices: etree._Element) -> int:
@@ -229,11 +229,11 @@ def _channel_slot(devices: etree._Element) -> int:
     return slot
 
 
-def _remove_keeping_layout(element: etree._Element) -> None:
+def remove_keeping_layout(element: etree._Element) -> None:
+    """Remove ``element``, handing its tail (the indentation of what follows) on."""
     parent = element.getparent()
     assert parent is not None
     previous = element.getprevious()
-    # The element's tail holds the indentation of whatever follows it.
     if previous is not None:
         previous.tail = element.tail
     else:
@@ -241,8 +241,8 @@ def _remove_keeping_layout(element: etree._Element) -> None:
     parent.remove(element)
 
 
-def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
-    """Indent ``child`` (and its subtree) one level below ``parent``."""
+def indent_new_child(parent: etree._Element, child: etree._Element) -> None:
+    """Indent a just-inserted ``child`` (and its subtree) in libvirt's 2-space layout."""
     depth = sum(1 for _ in parent.iterancestors()) + 1
     inner = "\n" + "  " * depth
     outer = "\n" + "  " * (depth - 1)
@@ -253,8 +253,15 @@ def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
     else:
         child.tail = inner if len(parent) > 1 else outer
         parent.text = inner
-    if len(child):
-        child.text = inner + "  "
-        for grandchild in child:
-            grandchild.tail = inner + "  "
-        child[-1].tail = inner
+    _indent_subtree(child, depth + 1)
+
+
+def _indent_subtree(element: etree._Element, depth: int) -> None:
+    if not len(element):
+        return
+    inner = "\n" + "  " * depth
+    element.text = inner
+    for child in element:
+        child.tail = inner
+        _indent_subtree(child, depth + 1)
+    element[-1].tail = "\n" + "  " * (depth - 1)

@@ -29,6 +29,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .domxml import indent_new_child, remove_keeping_layout
 from .errors import InvalidMetadata, XenChannelError, shown
 from .model import Channel, Connection, Target
 
@@ -127,17 +128,17 @@ def set_domain_metadata(
     if metadata is None:
         metadata = etree.Element("metadata")
         root.insert(_metadata_slot(root), metadata)
-        _indent_new_child(root, metadata)
+        indent_new_child(root, metadata)
     else:
         try:
             _read_metadata_element(metadata, _source_of(root))
         except InvalidMetadata as exc:
             problem = exc
         for old in [c for c in metadata if _namespace_of(c) == NAMESPACE]:
-            _remove_keeping_layout(old)
+            remove_keeping_layout(old)
     element = metadata_element(channels, state)
     metadata.append(element)
-    _indent_new_child(metadata, element)
+    indent_new_child(metadata, element)
     return problem
 
 
@@ -271,41 +272,3 @@ def _metadata_slot(root: etree._Element) -> int:
         if child.tag in _BEFORE_METADATA:
             slot = index + 1
     return slot
-
-
-def _remove_keeping_layout(element: etree._Element) -> None:
-    parent = element.getparent()
-    assert parent is not None
-    previous = element.getprevious()
-    # The element's tail holds the indentation of whatever follows it.
-    if previous is not None:
-        previous.tail = element.tail
-    else:
-        parent.text = element.tail
-    parent.remove(element)
-
-
-def _indent_new_child(parent: etree._Element, child: etree._Element) -> None:
-    """Indent a just-inserted ``child`` (and its subtree) like libvirt's 2-space layout."""
-    depth = sum(1 for _ in parent.iterancestors()) + 1
-    inner = "\n" + "  " * depth
-    outer = "\n" + "  " * (depth - 1)
-    previous = child.getprevious()
-    if previous is not None:
-        child.tail = previous.tail
-        previous.tail = inner
-    else:
-        child.tail = inner if len(parent) > 1 else outer
-        parent.text = inner
-    _indent_subtree(child, depth + 1)
-
-
-def _indent_subtree(element: etree._Element, depth: int) -> None:
-    if not len(element):
-        return
-    inner = "\n" + "  " * depth
-    element.text = inner
-    for child in element:
-        child.tail = inner
-        _indent_subtree(child, depth + 1)
-    element[-1].tail = "\n" + "  " * (depth - 1)
