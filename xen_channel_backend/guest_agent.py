@@ -485,3 +485,7 @@ def main(
     if args.once:
         return 0 if agent.config_statuses[-1] == "ok" else 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
