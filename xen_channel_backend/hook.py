@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .errors import PathNotAllowed, SettingsError, XenChannelError, XmlInputError, shown
 from .model import Channel, Connection, Target
+from .translate import connection_from_xml
 
 # Not typing.TYPE_CHECKING: importing typing costs every hook call (mypy
 # treats a module-level TYPE_CHECKING = False the same way).
@@ -64,8 +65,8 @@ MANAGED_TARGETS: Mapping[str, tuple[Target, ...]] = {
 }
 #: libvirt's ``<channel type=...>`` values that are Unix sockets or ptys;
 #: other types (spicevmc, tcp, ...) are not ours and are skipped.
-_SOURCE_TYPES = {"unix": Connection.SOCKET, "pty": Connection.PTY}
-#: virsh refuses domain XML over 10 MiB; libvirtd never sends more.
+#: virsh refuses domain XML over 10 MiB; libvirtd never sends more.  (The same
+#: limit as domxml.MAX_DOMAIN_XML, restated so the hook need not import domxml.)
 MAX_XML_BYTES = 10 * 1024 * 1024
 SOCKET_DIR_MODE = 0o750
 
@@ -131,7 +132,7 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
         ) from None
     channels = []
     for raw in found:
-        connection = _SOURCE_TYPES.get(raw.source_type or "")
+        connection = connection_from_xml(raw.source_type or "")
         if connection is None or raw.target is None or raw.target not in wanted:
             continue
         channels.append(Channel(name=raw.name, connection=connection, path=raw.path or None,
