@@ -84,6 +84,20 @@ def test_hostile_or_malformed_documents_are_refused_with_one_line(data: bytes, d
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_doctype_hidden_by_another_encoding_is_refused(codec: str) -> None:
+    encoding = {"utf-16": "UTF-16", "utf-16-be": "UTF-16BE", "utf-32": "UTF-32"}[codec]
+    doc = (
+        f'<?xml version="1.0" encoding="{encoding}"?>'
+        '<!DOCTYPE domain [<!ENTITY e "org.evil.0">]><domain><devices>'
+        '<channel type="pty"><target type="xen" name="&e;"/></channel></devices></domain>'
+    )
+    data = doc.encode(codec)
+    assert b"<!DOCTYPE" not in data  # the cheap byte check cannot see it
+    with pytest.raises(XmlInputError, match="DOCTYPE"):
+        domxml.parse_domain(data, "u16.xml")
+
+
 def test_hostile_channel_names_in_xml_are_refused() -> None:
     data = DOMAIN.replace(b"org.example.b.0", b"../../etc/evil")
     root = domxml.parse_domain(data, "d.xml").getroot()

@@ -75,6 +75,11 @@ def parse_domain(data: bytes, source: str) -> etree._ElementTree:
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else None
         raise XmlInputError(source, f"malformed XML: {exc.msg}", line) from None
+    # The byte check above cannot see a DOCTYPE in UTF-16/32 (or EBCDIC), and
+    # libxml2 expands internal entities even with resolve_entities=False, so
+    # ask the parsed document too, before anyone reads a value from it.
+    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
     root = tree.getroot()
     if root.tag != "domain":
         raise XmlInputError(source, f"root element is <{root.tag}>, expected <domain>")
