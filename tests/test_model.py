@@ -105,3 +105,14 @@ def test_virtio_channels_may_be_nameless_but_xen_ones_may_not() -> None:
     assert Channel(None, Connection.SOCKET, target=Target.VIRTIO).label.startswith("<unnamed")
     with pytest.raises(InvalidChannelName):
         Channel(None, Connection.SOCKET)
+
+
+def test_xls_character_rules_apply_to_xen_channels_only() -> None:
+    # libvirt's generated virtio path embeds the domain name, which may hold '='.
+    path = "/var/lib/libvirt/qemu/channel/target/domain-1-a=b,c/org.qemu.guest_agent.0"
+    virtio = Channel("org.qemu.guest_agent.0", Connection.SOCKET, path, target=Target.VIRTIO)
+    assert virtio.path == path
+    with pytest.raises(InvalidSocketPath, match="xl.cfg cannot express"):
+        Channel("org.qemu.guest_agent.0", Connection.SOCKET, path)
+    with pytest.raises(InvalidSocketPath, match="'..'"):
+        Channel("a.b", Connection.SOCKET, "/a/../b", target=Target.VIRTIO)

@@ -63,24 +63,27 @@ def validate_name(name: str | None, *, required: bool = True) -> None:
         raise InvalidChannelName(name, NAME_RULE)
 
 
-def validate_path(path: str, channel: str | None = None) -> None:
+def validate_path(path: str, channel: str | None = None, *, for_xl: bool = True) -> None:
     """Raise :class:`InvalidSocketPath` unless ``path`` is usable as a channel path.
 
     The rules come from the two consumers: xl's SPEC grammar (no ',', '=',
     '"', and values are trimmed, so no whitespace at the ends) and the kernel
     (sun_path holds 107 bytes).  '..' is refused so that a path checked
-    against an allowed root cannot climb out of it.
+    against an allowed root cannot climb out of it.  ``for_xl=False`` (a
+    virtio channel, which never passes through xl) drops xl's character
+    rules: libvirt's own virtio paths embed the domain name, which may hold
+    '=' or ','.
     """
     if not path:
         raise InvalidSocketPath(channel, path, "is empty")
     if not path.startswith("/"):
         raise InvalidSocketPath(channel, path, "is not absolute")
-    for bad in (",", "=", '"'):
+    for bad in (",", "=", '"') if for_xl else ():
         if bad in path:
             raise InvalidSocketPath(channel, path, f"contains {bad!r}, which xl.cfg cannot express")
     if _CONTROL_RE.search(path):
         raise InvalidSocketPath(channel, path, "contains a control character")
-    if path != path.strip():
+    if for_xl and path != path.strip():
         raise InvalidSocketPath(channel, path, "has whitespace at an end, which xl would trim")
     if ".." in path.split("/"):
         raise InvalidSocketPath(channel, path, "has a '..' component")
@@ -109,7 +112,7 @@ class Channel:
     def __post_init__(self) -> None:
         validate_name(self.name, required=self.target is Target.XEN)
         if self.path is not None:
-            validate_path(self.path, self.name)
+            validate_path(self.path, self.name, for_xl=self.target is Target.XEN)
         if self.backend is not None and not self.backend.strip():
             raise UnsupportedChannel(self.name, "backend is empty")
 
