@@ -37,14 +37,32 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path: P
     assert sorted(os.listdir(tmp_path)) == ["record.json"]
 
 
+def test_replacing_keeps_the_old_files_mode_and_owner(tmp_path: Path) -> None:
+    secret = tmp_path / "guest.cfg"
+    secret.write_text('vncpasswd = "x"\n')
+    secret.chmod(0o600)
+    if os.geteuid() == 0:
+        os.chown(secret, 65534, 65534)
+    atomic_write(secret, "new")
+    info = secret.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600 and secret.read_text() == "new"
+    if os.geteuid() == 0:
+        assert (info.st_uid, info.st_gid) == (65534, 65534)
+    fresh = tmp_path / "fresh"
+    atomic_write(fresh, "x")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+
+
 def test_a_symlink_at_the_target_is_replaced_not_followed(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
     link = tmp_path / "record.json"
     link.symlink_to(victim)
+    victim.chmod(0o600)
     atomic_write(link, "new")
     assert victim.read_text() == "precious"
     assert not link.is_symlink() and link.read_text() == "new"
+    assert stat.S_IMODE(link.stat().st_mode) == 0o644  # not the victim's mode
 
 
 def _writer(path: str, letter: str) -> None:

@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably."""
+def atomic_write(
+    path: str | os.PathLike[str], data: bytes | str, mode: int | None = None
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    ``mode=None`` keeps the mode of the regular file being replaced (and its
+    owner, when we may chown), so rewriting a 0600 xl.cfg that holds a VNC
+    password never widens it; a new file, or one replacing a non-file, gets
+    0644.
+    """
     target = os.fspath(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     directory = os.path.dirname(os.path.abspath(target))
+    owner: tuple[int, int] | None = None
+    if mode is None:
+        mode = 0o644
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            pass
+        else:
+            if stat.S_ISREG(info.st_mode):
+                mode = stat.S_IMODE(info.st_mode)
+                owner = (info.st_uid, info.st_gid)
     fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(handle.fileno(), *owner)
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, target)
