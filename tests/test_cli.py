@@ -43,3 +43,9 @@ def test_module_entry_point_runs() -> None:
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0 and "usage: xen-channel" in result.stdout
+
+
+def test_a_file_name_with_a_newline_cannot_split_the_error_line() -> None:
+    code, _out, err = run("convert", "--to", "xl", "/nonexistent/a\nforged: line.xml")
+    assert code == 1 and err.count("\n") == 1
+    assert err == "xen-channel: error: '/nonexistent/a\\nforged: line.xml': no such file\n"

@@ -162,3 +162,11 @@ def test_written_channels_validate_against_libvirts_schema() -> None:
     assert devices is not None
     devices.remove(devices[-1])
     assert schema.validate(tree), schema.error_log
+
+
+def test_a_channel_without_a_type_says_so() -> None:
+    root = domxml.parse_domain(
+        b"<domain><devices><channel><target type='xen' name='a.b'/></channel></devices></domain>",
+        "d.xml").getroot()
+    with pytest.raises(UnsupportedChannel, match="without a type"):
+        list(domxml.iter_channels(root))

@@ -134,9 +134,8 @@ def channel_from_element(element: etree._Element) -> Channel:
     source_type = element.get("type")
     connection = connection_from_xml(source_type or "")
     if connection is None:
-        raise UnsupportedChannel(
-            name, f"source type {source_type!r} has no Xen equivalent (only unix and pty)"
-        )
+        what = f"source type {source_type!r}" if source_type else "a <channel> without a type"
+        raise UnsupportedChannel(name, f"{what} has no Xen equivalent (only unix and pty)")
     values: dict[str, str | None] = {"name": name}
     for field in FIELDS:
         if field.xml is None or field.attr in ("connection", "name"):

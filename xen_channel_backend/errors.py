@@ -62,7 +62,9 @@ class InputError(XenChannelError):
         self.line = line
 
     def message(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        # A file name is untrusted too: one with a newline must not split the line.
+        source = self.source if self.source.isprintable() else shown(self.source)
+        where = f"{source}:{self.line}" if self.line is not None else source
         return f"{where}: {self.detail}"
 
 
