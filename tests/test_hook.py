@@ -479,3 +479,27 @@ def test_hook_module_imports_no_lxml() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+UTF16_ENTITY_DOMAIN = (
+    '<?xml version="1.0" encoding="UTF-16"?>\n'
+    '<!DOCTYPE domain [<!ENTITY e "org.evil.0">]>\n'
+    "<domain type='xen'><name>vm1</name><uuid>{uuid}</uuid><devices>"
+    "<channel type='unix'><source mode='bind' path='{path}'/>"
+    "<target type='xen' name='&e;'/></channel></devices></domain>\n"
+)
+
+
+@pytest.mark.parametrize("op", ["prepare", "reconnect"])
+def test_utf16_doctype_is_refused_by_the_parser(host: HookHost, op: str) -> None:
+    """A byte search for b"<!DOCTYPE" cannot see it in UTF-16; expat must refuse it."""
+    uuid = new_uuid()
+    text = UTF16_ENTITY_DOMAIN.format(uuid=uuid, path=f"{host.domain_dir(uuid)}/org.evil.0")
+    data = text.encode("utf-16")  # with a BOM
+    assert data.startswith((b"\xff\xfe", b"\xfe\xff")) and b"<!DOCTYPE" not in data
+    code, out, err = call(host, "libxl", op, "begin", data)
+    assert out == "" and err.count("\n") == 1
+    assert "DOCTYPE/ENTITY declarations are not allowed" in err
+    assert code == (0 if op == "reconnect" else 1)  # reconnect must never kill the domain
+    assert record(host, uuid) is None
+    assert not os.path.exists(host.domain_dir(uuid))

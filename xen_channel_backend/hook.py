@@ -88,16 +88,14 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
 
     A lean read-only pass with expat, for the hook's hot path; domxml (lxml)
     remains the module that edits XML.  Same safety rules as
-    domxml.parse_domain: DOCTYPE/ENTITY declarations are refused before
-    parsing (libvirt never emits them), and every channel becomes a validated
+    domxml.parse_domain: DOCTYPE/ENTITY declarations are refused (libvirt
+    never emits them), and every channel becomes a validated
     :class:`~xen_channel_backend.model.Channel`.
     """
     import xml.parsers.expat
 
     if len(data) > MAX_XML_BYTES:
         raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
     wanted = {t.value for t in targets}
     stack: list[str] = []
     text: dict[str, list[str]] = {"name": [], "uuid": []}
@@ -120,7 +118,16 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
         if len(stack) == 2 and stack[1] in text:
             text[stack[1]].append(data)
 
+    def refuse(*_args: object) -> None:
+        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
+
     parser = xml.parsers.expat.ParserCreate()
+    # Expat itself refuses them, whatever the document's encoding: a byte
+    # search for "<!DOCTYPE" misses a UTF-16 document, whose entities would
+    # then be expanded into channel names and paths.
+    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
