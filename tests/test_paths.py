@@ -202,6 +202,65 @@ def test_make_dirs_nofollow_refuses_a_file_and_outside_paths(tmp_path: Path) -> 
         make_dirs_nofollow(str(tmp_path / "elsewhere"), str(root))
 
 
+def test_make_dirs_nofollow_repairs_a_leftover_world_writable_domain_dir(
+    tmp_path: Path,
+) -> None:
+    """An old 0777 RUNDIR/<uuid> (libxl's channel directory mode, issue 3) is not reused as is."""
+    root = tmp_path / "run"
+    domain_dir = root / UUID
+    domain_dir.mkdir(parents=True)
+    os.chmod(domain_dir, 0o777)
+    gid = os.getgid()
+    assert make_dirs_nofollow(str(domain_dir), str(root), mode=0o750, gid=gid) == []
+    info = os.stat(domain_dir)
+    assert stat.S_IMODE(info.st_mode) == 0o750
+    assert info.st_gid == gid
+
+
+def test_make_dirs_nofollow_leaves_a_safe_existing_dir_alone(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    domain_dir = root / UUID
+    domain_dir.mkdir(parents=True)
+    os.chmod(domain_dir, 0o700)
+    make_dirs_nofollow(str(domain_dir), str(root), mode=0o750)
+    assert stat.S_IMODE(os.stat(domain_dir).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["domain-dir", "intermediate"])
+def test_make_dirs_nofollow_refuses_a_dir_owned_by_another_user(
+    tmp_path: Path, last: bool,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("NOT TESTED: needs root to chown a directory to uid 65534")
+    root = tmp_path / "run"
+    foreign = root / UUID
+    foreign.mkdir(parents=True)
+    os.chmod(foreign, 0o755)
+    os.chown(foreign, 65534, -1)
+    target = foreign if last else foreign / "sub"
+    with pytest.raises(PathNotAllowed, match="owned by uid 65534") as caught:
+        make_dirs_nofollow(str(target), str(root), mode=0o750)
+    assert str(foreign) in caught.value.message()
+    assert "\n" not in caught.value.message()
+    assert list(foreign.iterdir()) == []
+    assert stat.S_IMODE(os.stat(foreign).st_mode) == 0o755  # not "repaired" either
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770], ids=lambda m: f"{m:04o}")
+def test_make_dirs_nofollow_refuses_below_a_group_or_world_writable_dir(
+    tmp_path: Path, mode: int,
+) -> None:
+    root = tmp_path / "run"
+    shared = root / "shared"
+    shared.mkdir(parents=True)
+    os.chmod(shared, mode)
+    with pytest.raises(PathNotAllowed, match="writable by group or others") as caught:
+        make_dirs_nofollow(str(shared / UUID), str(root), mode=0o750)
+    assert str(shared) in caught.value.message()
+    assert list(shared.iterdir()) == []
+    assert stat.S_IMODE(os.stat(shared).st_mode) == mode
+
+
 def test_generated_uuid_spelling_round_trips() -> None:
     value = uuidlib.uuid4()
     assert canonical_uuid(value.hex) == str(value)

@@ -194,6 +194,20 @@ def make_dirs_nofollow(
     of being followed.  Directories created here get ``mode`` and, if given,
     group ``gid`` (owner: the caller, root in a hook).  Returns the
     directories created, outermost first, so the caller can record them.
+
+    A component that already exists is trusted only as far as its owner and
+    mode allow (checked with fstat on the descriptor just opened, so what is
+    checked is what is used):
+
+    * not owned by the effective uid (root in a hook): refused, since its
+      owner could swap or fill it at will;
+    * writable by group or others, above the last component: refused, since
+      anyone who can write there can replace what lies below;
+    * writable by group or others, the last component (the directory that
+      holds the sockets, normally the domain's own): repaired to ``mode``
+      and group ``gid``, since we own it.  A leftover 0777 socket directory
+      is the weakness libvirt's libxl channel directory has (issue 3): anyone
+      could unlink QEMU's socket and bind their own in its place.
     """
     if not is_within(path, (root,)):
         raise PathNotAllowed(None, path, f"is not inside {root}")
@@ -204,10 +218,11 @@ def make_dirs_nofollow(
     relative = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
     parts = [] if relative == "." else relative.split("/")
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    euid = os.geteuid()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     current = os.path.normpath(root)
     try:
-        for part in parts:
+        for index, part in enumerate(parts):
             current = f"{current.rstrip('/')}/{part}"
             made = False
             try:
@@ -224,13 +239,30 @@ def make_dirs_nofollow(
                 ) from None
             os.close(fd)
             fd = child
+            info = os.fstat(fd)
+            if not stat.S_ISDIR(info.st_mode):  # pragma: no cover - O_DIRECTORY
+                raise PathNotAllowed(None, current, "is not a directory")
+            if info.st_uid != euid:
+                # Even one we just made: someone swapped it in between.
+                raise PathNotAllowed(
+                    None, current, f"is owned by uid {info.st_uid}, not by uid {euid}; "
+                    "refusing to use a directory someone else controls",
+                )
             if made:
                 os.fchmod(fd, mode)  # mkdir's mode is filtered by the umask
                 if gid is not None:
                     os.fchown(fd, -1, gid)
                 created.append(current)
-            elif not stat.S_ISDIR(os.fstat(fd).st_mode):  # pragma: no cover - O_DIRECTORY
-                raise PathNotAllowed(None, current, "is not a directory")
+            elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                if index < len(parts) - 1:
+                    raise PathNotAllowed(
+                        None, current,
+                        f"is writable by group or others (mode "
+                        f"{stat.S_IMODE(info.st_mode):04o}); refusing to create below it",
+                    )
+                os.fchmod(fd, mode)
+                if gid is not None:
+                    os.fchown(fd, -1, gid)
     finally:
         os.close(fd)
     return created
