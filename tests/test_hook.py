@@ -6,12 +6,14 @@ settings modules, real Unix sockets for the stale-socket cases.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import io
 import json
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,18 @@ def stale_socket(path: str) -> None:
     server = socket.socket(socket.AF_UNIX)
     server.bind(path)
     server.close()
+
+
+@contextlib.contextmanager
+def live_socket(path: str) -> Iterator[socket.socket]:
+    """A socket somebody listens on (another domain's QEMU, any server)."""
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(path)
+        server.listen(1)
+        yield server
+    finally:
+        server.close()
 
 
 def record(h: HookHost, uuid: str) -> dict[str, Any] | None:
@@ -106,6 +120,65 @@ def test_prepare_never_removes_anything_but_a_socket(host: HookHost, kind: str) 
     # Nothing left claimed or recorded: the path is free for a fixed retry.
     assert record(host, uuid) is None
     assert Registry(host.rundir).claim_owner(path) is None
+
+
+def test_prepare_refuses_a_live_socket(host: HookHost) -> None:
+    uuid = new_uuid()
+    os.makedirs(host.domain_dir(uuid))
+    path = f"{host.domain_dir(uuid)}/org.a.0"
+    with live_socket(path):
+        code, out, err = call(host, "libxl", "prepare", "begin", xen_domain(host, uuid, "org.a.0"))
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert "is a live socket in use by another process" in err
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert record(host, uuid) is None
+    assert Registry(host.rundir).claim_owner(path) is None
+
+
+def test_release_leaves_a_live_socket_and_warns(host: HookHost) -> None:
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    path = f"{host.domain_dir(uuid)}/org.a.0"
+    with live_socket(path):
+        code, out, err = call(host, "libxl", "release", "end", xml)
+        assert (code, out) == (0, "")
+        assert "is a live socket in use by another process" in err and shown_path(path) in err
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert record(host, uuid) is None
+
+
+def shown_path(path: str) -> str:
+    return f"'{path}'"
+
+
+def test_qemu_connect_mode_channel_is_not_ours(host: HookHost) -> None:
+    """QEMU is the client there: the server socket belongs to someone else."""
+    uuid = new_uuid()
+    server_dir = os.path.join(host.extra_root, "server")
+    os.mkdir(server_dir)
+    server_path = os.path.join(server_dir, "agent.sock")
+    absent_dir_path = os.path.join(host.extra_root, "nowhere", "agent.sock")
+    connect = ("<channel type='unix'><source mode='connect' path='{}'/>"
+               "<target type='virtio' name='{}'/></channel>")
+    xml = domain_xml("vm1", uuid, [
+        connect.format(server_path, "org.c.0"),
+        connect.replace(" mode='connect'", "").format(absent_dir_path, "org.d.0"),
+    ], domain_type="kvm")
+    with live_socket(server_path):
+        for op, subop in (("prepare", "begin"), ("start", "begin"), ("started", "begin")):
+            assert call(host, "qemu", op, subop, xml) == (0, "", ""), op
+            rec = record(host, uuid)
+            assert rec is not None and rec["channels"] == []
+        assert Registry(host.rundir).claim_owner(server_path) is None
+        assert not os.path.exists(os.path.dirname(absent_dir_path))
+        assert call(host, "qemu", "release", "end", xml) == (0, "", "")
+        assert stat.S_ISSOCK(os.lstat(server_path).st_mode)
+    # libxl ignores the mode: Xen's QEMU listens there, so it is ours (FACTS 2),
+    # and the server's socket file, now stale, is cleared for it.
+    assert call(host, "libxl", "prepare", "begin", xml.replace(b"virtio", b"xen"))[0] == 0
+    assert Registry(host.rundir).claim_owner(server_path) == uuid
+    assert not os.path.lexists(server_path)
 
 
 def test_prepare_refuses_etc_passwd(host: HookHost) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import grp
 import logging
 import os
@@ -43,6 +42,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
+from . import sockets
 from .errors import (
     InvalidSocketPath,
     SettingsError,
@@ -764,22 +764,17 @@ def _check_stale(path: str) -> bool:
     second broker): a connect that is refused proves the socket is stale.
     """
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise _UnsafeSocketPath(f"{shown(path)} exists and is not a socket; left alone")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        code = probe.connect_ex(path)
-    finally:
-        probe.close()
-    if code == 0:
-        raise _UnsafeSocketPath(f"{shown(path)} is in use by another process (another broker?)")
-    if code != errno.ECONNREFUSED:
-        raise _UnsafeSocketPath(f"{shown(path)} cannot be probed: {os.strerror(code)}")
-    return True
+        return sockets.probe(path) == sockets.STALE
+    except sockets.Occupied as exc:
+        if exc.kind == sockets.Occupied.LIVE:
+            raise _UnsafeSocketPath(
+                f"{shown(path)} is in use by another process (another broker?)"
+            ) from None
+        if exc.kind == sockets.Occupied.OTHER:
+            raise _UnsafeSocketPath(
+                f"{shown(path)} exists and is not a socket; left alone"
+            ) from None
+        raise _UnsafeSocketPath(f"{shown(path)} cannot be probed: {exc.detail}") from None
 
 
 def _create_consumer_socket(path: str, gid: int | None) -> tuple[socket.socket, tuple[int, int]]:

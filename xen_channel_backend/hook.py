@@ -83,14 +83,19 @@ class ScannedDomain:
     channels: tuple[Channel, ...]
 
 
-def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>") -> ScannedDomain:
+def scan_domain(
+    data: bytes, targets: Sequence[Target], source: str = "<stdin>", *,
+    skip_connect_mode: bool = False,
+) -> ScannedDomain:
     """Read name, UUID and the unix/pty channels of ``targets`` from domain XML.
 
     A lean read-only pass with expat, for the hook's hot path; domxml (lxml)
     remains the module that edits XML.  Same safety rules as
     domxml.parse_domain: DOCTYPE/ENTITY declarations are refused (libvirt
     never emits them), and every channel becomes a validated
-    :class:`~xen_channel_backend.model.Channel`.
+    :class:`~xen_channel_backend.model.Channel`.  With ``skip_connect_mode``
+    (the qemu driver) a unix channel whose source is in connect mode is left
+    out: QEMU is then the client, and the socket belongs to whoever listens.
     """
     import xml.parsers.expat
 
@@ -142,6 +147,8 @@ def scan_domain(data: bytes, targets: Sequence[Target], source: str = "<stdin>")
         connection = connection_from_xml(raw.source_type or "")
         if connection is None or raw.target is None or raw.target not in wanted:
             continue
+        if skip_connect_mode and connection is Connection.SOCKET and raw.connects:
+            continue
         channels.append(Channel(name=raw.name, connection=connection, path=raw.path or None,
                                 target=Target(raw.target)))
     name = "".join(text["name"]).strip() or None
@@ -155,6 +162,7 @@ class _RawChannel:
     def __init__(self, source_type: str | None) -> None:
         self.source_type = source_type
         self.path: str | None = None
+        self.mode: str | None = None
         self.target: str | None = None
         self.name: str | None = None
         self._seen: set[str] = set()
@@ -166,9 +174,21 @@ class _RawChannel:
         self._seen.add(tag)
         if tag == "source":
             self.path = attrs.get("path")
+            self.mode = attrs.get("mode")
         else:
             self.target = attrs.get("type")
             self.name = attrs.get("name")
+
+    @property
+    def connects(self) -> bool:
+        """QEMU connects to the path rather than listening on it.
+
+        libvirt reads a unix source without ``mode`` as connect mode (tested:
+        ``virsh define`` on test:///default formats it back as
+        ``mode='connect'``), and always writes the mode out when there is a
+        path.  A channel without a path gets a generated one in bind mode.
+        """
+        return self.path is not None and self.mode in (None, "connect")
 
 
 # --- one hook call ----------------------------------------------------------------
@@ -209,7 +229,8 @@ class HookCall:
         return Registry(self.settings().rundir)
 
     def scan(self) -> ScannedDomain:
-        return scan_domain(self.data, self.targets)
+        # libxl ignores the mode: Xen's QEMU always listens (FACTS 2).
+        return scan_domain(self.data, self.targets, skip_connect_mode=self.driver == "qemu")
 
     def identity(self, domain: ScannedDomain) -> tuple[str, str]:
         """(canonical UUID, name) of the domain; libvirt always sends a UUID."""
@@ -337,59 +358,26 @@ def _prepare_socket_dir(
     ours = set(made)
     if directory == domain_socket_dir(settings, uuid):
         ours.add(directory)
-    _remove_stale_socket(channel.label, channel.path, refuse_other=True)
+    _clear_stale_socket(channel.label, channel.path)
     return ours & {directory}
 
 
-def _open_parent_nofollow(path: str) -> int:
-    """Open the directory holding ``path`` without following a symlink at its end."""
-    return os.open(
-        os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    )
+def _clear_stale_socket(label: str, path: str) -> None:
+    """Unlink a stale socket at ``path``; anything else there fails the prepare.
 
-
-def _remove_stale_socket(label: str, path: str, *, refuse_other: bool) -> bool:
-    """Unlink a socket at ``path``; anything else there is refused or left alone.
-
-    Works relative to a descriptor of the parent opened with O_NOFOLLOW, and
-    lstat's the entry, so neither a symlinked directory nor a symlink at the
-    path itself is ever followed.  Returns True if a socket was removed.
+    QEMU unlinks whatever sits at its path before binding (FACTS 2), so a
+    regular file, a directory, a symlink or a socket somebody still listens
+    on (another domain's QEMU, any other server) must stop the start here.
     """
-    try:
-        parent = _open_parent_nofollow(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        if refuse_other:
-            raise PathNotAllowed(label, path, f"has a parent that is not a plain directory "
-                                 f"({exc.strerror})") from None
-        return False
-    leaf = os.path.basename(path)
-    try:
-        try:
-            info = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISSOCK(info.st_mode):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leaf, dir_fd=parent)
-            return True
-        if refuse_other:
-            kind = _kind(info.st_mode)
-            # QEMU would unlink it before binding (FACTS 2): never let it.
-            raise PathNotAllowed(label, path, f"is taken by a {kind}; only a stale socket "
-                                 "would be removed there")
-        return False
-    finally:
-        os.close(parent)
+    from .sockets import Occupied, remove_stale
 
-
-def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "directory"),
-                       (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO")):
-        if test(mode):
-            return kind
-    return "device or special file"
+    try:
+        remove_stale(path)
+    except Occupied as exc:
+        reason = exc.reason
+        if exc.kind == Occupied.OTHER:
+            reason += "; only a stale socket would be removed there"
+        raise PathNotAllowed(label, path, reason) from None
 
 
 # --- start / started / reconnect ----------------------------------------------------
@@ -449,6 +437,7 @@ def reconnect(call: HookCall) -> int:
 def release(call: HookCall) -> int:
     """Remove the sockets and directories we created, then the record.  Idempotent."""
     from .paths import broker_socket_for, is_within
+    from .sockets import Occupied, remove_stale
 
     domain = call.scan()
     uuid, name = call.identity(domain)
@@ -470,13 +459,14 @@ def release(call: HookCall) -> int:
             call.warn(f"domain {shown(name)}: left {shown(path)} alone: "
                       "its path is claimed by another domain")
             continue
-        label = channel.name or "channel"
-        _remove_stale_socket(label, path, refuse_other=False)
-        # A running broker serves this channel from a socket beside QEMU's;
-        # it notices the domain is gone only at its next registry poll, and
-        # until then its socket would keep the directory from being removed.
-        with contextlib.suppress(XenChannelError):
-            _remove_stale_socket(label, broker_socket_for(path), refuse_other=False)
+        try:
+            remove_stale(path)
+        except Occupied as exc:
+            call.warn(f"domain {shown(name)}: left {shown(path)} in place: it {exc.reason}")
+        # A broker serves this channel from a socket beside QEMU's; a stale
+        # one would keep the directory from being removed.
+        with contextlib.suppress(XenChannelError, Occupied):
+            remove_stale(broker_socket_for(path))
         if channel.created_dir:
             try:
                 os.rmdir(os.path.dirname(path))
