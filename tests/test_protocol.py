@@ -317,9 +317,20 @@ def test_sample_payload_is_valid_and_names_its_items() -> None:
         ({"ssh_keys": [{"user": "Root!", "keys": []}]}, "not a valid user name"),
         (
             {"ssh_keys": [{"user": "root", "keys": ["ssh-ed25519 AAAA\nssh-rsa BBBB evil"]}]},
-            "must be one line",
+            "contains a newline",
         ),
-        ({"ssh_keys": [{"user": "root", "keys": ["onlyonefield"]}]}, "must be one line"),
+        ({"ssh_keys": [{"user": "root", "keys": ["onlyonefield"]}]}, "is not one line"),
+        (
+            {"ssh_keys": [{"user": "a", "keys": []}, {"user": "a", "keys": []}]},
+            "ssh_keys lists the same user more than once: ['a']",
+        ),
+        # ipaddress keeps a zone index verbatim, newline and all.
+        ({"addresses": [{"interface": "e", "address": "fe80::1%e\nDNS=x/64"}]}, "with a prefix"),
+        (
+            {"addresses": [{"interface": "e", "address": "::2/64", "gateway": "fe80::1%e"}]},
+            "gateway 'fe80::1%e' is not an IP address",
+        ),
+        ({"addresses": [{"interface": "e", "address": "::2/64", "dns": [53]}]}, "dns server 53"),
         ({"extra": {"a/b": 1}}, "extra key"),
         ({"extra": []}, "extra must be an object"),
         ({"ntp": ["pool.ntp.org"]}, "unknown keys ['ntp']"),
@@ -328,6 +339,24 @@ def test_sample_payload_is_valid_and_names_its_items() -> None:
 def test_invalid_payloads_are_named(change: dict[str, Any], fragment: str) -> None:
     problems = protocol.validate_config_payload({**SAMPLE_PAYLOAD, **change})
     assert any(fragment in p for p in problems), problems
+
+
+def test_duplicates_are_found_in_a_full_size_payload() -> None:
+    """Duplicate detection counts in one pass: a frame near MAX_FRAME holds tens
+    of thousands of entries, and every duplicate is still named exactly once."""
+    users = [f"u{n}" for n in range(20000)] + ["u7", "u19999", "u7"]
+    payload = {"ssh_keys": [{"user": user, "keys": []} for user in users]}
+    assert len(encode(protocol.config("c1", payload))) < MAX_FRAME
+    assert protocol.validate_config_payload(payload) == [
+        "ssh_keys lists the same user more than once: ['u19999', 'u7']"
+    ]
+    del payload["ssh_keys"][-3:]
+    assert protocol.validate_config_payload(payload) == []
+
+
+def test_repeated_names_strings_seen_more_than_once() -> None:
+    assert protocol.repeated(["b", "a", None, "b", 1, 1, "a", "b", "c"]) == ["a", "b"]
+    assert protocol.repeated(iter([])) == []
 
 
 def test_payload_that_is_not_an_object() -> None:

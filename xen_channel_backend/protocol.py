@@ -25,11 +25,12 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import InvalidMessage
+from .errors import InvalidMessage, shown
 
 MAX_FRAME: Final = 1048576
 SYNC: Final = b"\xff"
@@ -322,8 +323,14 @@ def negotiate_version(offered: object) -> int | None:
 
 
 # --- validators ----------------------------------------------------------------
-# Each returns a list of problems (empty when valid), each a short phrase
-# naming the field, so a receiver can answer "bad-request" with all of them.
+# Each validate_* returns a list of problems (empty when valid), each a short
+# phrase naming the field, so a receiver can answer "bad-request" with all of them.
+#
+# The config payload's rules (docs/protocol.md 4.3) are each defined once,
+# here, as a *_problem(s) function whose phrases say what is wrong but not
+# where the value sat.  validate_config_payload names the place by position
+# ("addresses[0]"); the guest's appliers (appliers.py) call the same functions
+# and name the item at fault ("addresses/eth0"), so the two cannot disagree.
 
 _NONCE_RE: Final = re.compile(r"[0-9a-f]{32}")
 _HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -331,8 +338,14 @@ _HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _USER_RE: Final = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
 _EXTRA_KEY_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+# The kernel's dev_valid_name() refuses '/', ':' and whitespace in a name.
+_BAD_INTERFACE_CHAR_RE: Final = re.compile(r"[/:\s\x00-\x1f\x7f]")
 MAX_ID_LENGTH: Final = 128
+MAX_HOSTNAME_LENGTH: Final = 253  # RFC 1123 (via RFC 1035's 255 octets on the wire)
+MAX_INTERFACE_NAME_LENGTH: Final = 15  # Linux IFNAMSIZ is 16 including the NUL
 MAX_SSH_KEY_LENGTH: Final = 16384
+ADDRESS_ENTRY_KEYS: Final = ("interface", "address", "gateway", "dns")
+SSH_ENTRY_KEYS: Final = ("user", "keys")
 
 
 def _is_str(value: object) -> bool:
@@ -347,103 +360,168 @@ def _check_id(message: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(f'"id" must be at most {MAX_ID_LENGTH} printable characters')
 
 
-def validate_hostname(name: object) -> list[str]:
-    """RFC 1123 host name (labels of letters, digits, hyphens; 253 chars max)."""
+def hostname_problem(name: object) -> str | None:
+    """Why ``name`` is not an RFC 1123 host name, or None (follows "hostname ")."""
     if not isinstance(name, str) or not name:
-        return ["hostname must be a non-empty string"]
-    if len(name) > 253:
-        return ["hostname is longer than 253 characters"]
+        return f"must be a non-empty string, not {shown(name)}"
+    if len(name) > MAX_HOSTNAME_LENGTH:
+        return f"is {len(name)} characters, longer than {MAX_HOSTNAME_LENGTH}"
     if not all(_HOST_LABEL_RE.fullmatch(label) for label in name.split(".")):
-        return [
-            f"hostname {name!r:.80} is not a valid host name "
-            "(dot-separated labels of 1-63 letters, digits, hyphens)"
-        ]
-    return []
+        return (
+            f"{shown(name)} is not a valid host name (dot-separated labels of 1-63 "
+            "letters, digits and hyphens, none starting or ending with a hyphen)"
+        )
+    return None
 
 
-def _validate_interface_name(name: object) -> list[str]:
-    # Linux IFNAMSIZ is 16 including the NUL; "/" and whitespace are refused
-    # by dev_valid_name() in the kernel.
+def validate_hostname(name: object) -> list[str]:
+    problem = hostname_problem(name)
+    return [] if problem is None else [f"hostname {problem}"]
+
+
+def interface_problem(name: object) -> str | None:
+    """Why ``name`` is not a Linux network interface name, or None."""
     if not isinstance(name, str) or not name:
-        return ['must have a non-empty string "interface"']
-    if len(name) > 15 or name in (".", "..") or re.search(r"[/:\s\x00-\x1f\x7f]", name):
-        return [f"interface {name!r:.40} is not a valid Linux interface name"]
-    return []
+        return f"interface must be a non-empty string, not {shown(name)}"
+    if (
+        len(name) > MAX_INTERFACE_NAME_LENGTH
+        or name in (".", "..")
+        or _BAD_INTERFACE_CHAR_RE.search(name)
+    ):
+        return (
+            f"interface {shown(name)} is not a valid Linux interface name (1-15 characters, "
+            "no '/', ':', whitespace or control characters, not '.' or '..')"
+        )
+    return None
 
 
-def _validate_address(index: int, entry: object) -> list[str]:
+def _unknown_keys_problem(entry: Mapping[str, object], known: Sequence[str]) -> str | None:
+    unknown = sorted(set(entry) - set(known))
+    return f"has unknown keys {shown(unknown)} (known: {list(known)})" if unknown else None
+
+
+def _ip_version(value: object) -> int | None:
+    """4 or 6 for an IP address without a zone index, else None."""
     import ipaddress  # lazily: only the guest agent and send validate payloads
 
-    where = f"addresses[{index}]"
-    if not isinstance(entry, dict):
-        return [f"{where} must be an object"]
-    problems = [f"{where} {p}" for p in _validate_interface_name(entry.get("interface"))]
-    unknown = sorted(set(entry) - {"interface", "address", "gateway", "dns"})
-    if unknown:
-        problems.append(f"{where} has unknown keys {unknown}")
+    # A zone index ("fe80::1%eth0") is free text that ipaddress keeps as given
+    # (newlines included) and that would reach the guest's network files; an
+    # entry already names its interface, so none is needed.
+    if not isinstance(value, str) or "%" in value:
+        return None
+    try:
+        return ipaddress.ip_address(value).version
+    except ValueError:
+        return None
+
+
+def address_entry_problems(entry: Mapping[str, object]) -> list[str]:
+    """Every problem in one ``addresses`` entry (an object)."""
+    import ipaddress
+
+    problems: list[str] = []
+    if (problem := interface_problem(entry.get("interface"))) is not None:
+        problems.append(problem)
+    if (problem := _unknown_keys_problem(entry, ADDRESS_ENTRY_KEYS)) is not None:
+        problems.append(problem)
     address = entry.get("address")
     version: int | None = None
     if not isinstance(address, str) or "/" not in address:
-        problems.append(f'{where}.address must be a string "ADDRESS/PREFIX"')
+        problems.append(f"address {shown(address)} must be a string 'ADDRESS/PREFIX'")
     else:
         try:
+            if "%" in address:
+                raise ValueError("a zone index (see _ip_version)")
             version = ipaddress.ip_interface(address).version
         except ValueError:
-            problems.append(f"{where}.address {address!r:.60} is not an IP address with prefix")
+            problems.append(f"address {shown(address)} is not an IP address with a prefix")
     gateway = entry.get("gateway")
     if gateway is not None:
-        try:
-            if not isinstance(gateway, str):
-                raise ValueError
-            gateway_version = ipaddress.ip_address(gateway).version
-            if version is not None and gateway_version != version:
-                problems.append(f"{where}.gateway is not the same IP version as the address")
-        except ValueError:
-            problems.append(f"{where}.gateway {gateway!r:.60} is not an IP address")
+        gateway_version = _ip_version(gateway)
+        if gateway_version is None:
+            problems.append(f"gateway {shown(gateway)} is not an IP address")
+        elif version is not None and gateway_version != version:
+            problems.append(
+                f"gateway {shown(gateway)} is not the same IP version as the address (IPv{version})"
+            )
     dns = entry.get("dns")
     if dns is not None:
         if not isinstance(dns, list):
-            problems.append(f"{where}.dns must be a list of IP addresses")
+            problems.append("dns must be a list of IP addresses")
         else:
-            for server in dns:
-                try:
-                    if not isinstance(server, str):
-                        raise ValueError
-                    ipaddress.ip_address(server)
-                except ValueError:
-                    problems.append(f"{where}.dns entry {server!r:.60} is not an IP address")
+            problems += [
+                f"dns server {shown(server)} is not an IP address"
+                for server in dns
+                if _ip_version(server) is None
+            ]
     return problems
 
 
-def _validate_ssh_entry(index: int, entry: object) -> list[str]:
-    where = f"ssh_keys[{index}]"
-    if not isinstance(entry, dict):
-        return [f"{where} must be an object"]
-    problems: list[str] = []
-    unknown = sorted(set(entry) - {"user", "keys"})
-    if unknown:
-        problems.append(f"{where} has unknown keys {unknown}")
-    user = entry.get("user")
+def user_problem(user: object) -> str | None:
+    """Why ``user`` is not a user name by useradd's default rule, or None."""
     if not isinstance(user, str) or not _USER_RE.fullmatch(user):
-        problems.append(f"{where}.user {user!r:.40} is not a valid user name")
+        return (
+            f"user {shown(user)} is not a valid user name "
+            "([a-z_][a-z0-9_-]{0,30}, optionally followed by '$')"
+        )
+    return None
+
+
+def ssh_key_line_problem(line: object) -> str | None:
+    """Why ``line`` is not one authorized_keys line 'TYPE BASE64 [COMMENT]', or None.
+
+    Each key becomes one line of authorized_keys: a newline would smuggle in a
+    second key, so control characters are refused outright (a tab separates
+    fields, as a space does).
+    """
+    if not isinstance(line, str):
+        return f"must be a string, not {type(line).__name__}"
+    if len(line) > MAX_SSH_KEY_LENGTH:
+        return f"is {len(line)} characters, over the {MAX_SSH_KEY_LENGTH} allowed"
+    if _CONTROL_RE.search(line.replace("\t", " ")):
+        return f"{shown(line)} contains a newline or another control character"
+    if len(line.split(None, 2)) < 2:
+        return f"{shown(line)} is not one line 'TYPE BASE64 [COMMENT]'"
+    return None
+
+
+def ssh_entry_problems(entry: Mapping[str, object]) -> list[str]:
+    """Every problem in one ``ssh_keys`` entry (an object)."""
+    problems: list[str] = []
+    if (problem := user_problem(entry.get("user"))) is not None:
+        problems.append(problem)
+    if (problem := _unknown_keys_problem(entry, SSH_ENTRY_KEYS)) is not None:
+        problems.append(problem)
     keys = entry.get("keys")
     if not isinstance(keys, list):
-        problems.append(f"{where}.keys must be a list of strings")
-        return problems
-    for k, key in enumerate(keys):
-        # Each key becomes one authorized_keys line: a newline would smuggle
-        # in a second key, so control characters are refused outright.
-        if (
-            not isinstance(key, str)
-            or len(key) > MAX_SSH_KEY_LENGTH
-            or _CONTROL_RE.search(key.replace("\t", " "))
-            or len(key.split()) < 2
-        ):
-            problems.append(
-                f"{where}.keys[{k}] must be one line 'TYPE BASE64 [COMMENT]' "
-                f"of at most {MAX_SSH_KEY_LENGTH} characters"
-            )
+        problems.append("keys must be a list of authorized_keys lines")
+    else:
+        problems += [
+            f"key {number}: {problem}"
+            for number, key in enumerate(keys)
+            if (problem := ssh_key_line_problem(key)) is not None
+        ]
     return problems
+
+
+def extra_key_problem(key: object) -> str | None:
+    """Why ``key`` may not name an ``extra`` item, or None."""
+    if not isinstance(key, str) or not _EXTRA_KEY_RE.fullmatch(key):
+        return (
+            f"key {shown(key)} must be 1-128 of letters, digits, '_', '.', '-', "
+            "not starting with '.' or '-'"
+        )
+    return None
+
+
+def repeated(values: Iterable[object]) -> list[str]:
+    """The strings that occur more than once in ``values``, sorted.
+
+    One counting pass: a 1 MiB frame holds some 25,000 entries, and a
+    per-entry count of the whole list would be quadratic in that.
+    """
+    counts = Counter(value for value in values if isinstance(value, str))
+    return sorted(value for value, count in counts.items() if count > 1)
 
 
 def validate_config_payload(payload: object) -> list[str]:
@@ -458,41 +536,47 @@ def validate_config_payload(payload: object) -> list[str]:
     problems: list[str] = []
     unknown = sorted(set(payload) - set(PAYLOAD_KEYS))
     if unknown:
-        problems.append(f"payload has unknown keys {unknown} (v1 knows {list(PAYLOAD_KEYS)})")
+        problems.append(
+            f"payload has unknown keys {shown(unknown)} (v1 knows {list(PAYLOAD_KEYS)})"
+        )
     if "hostname" in payload:
         problems += validate_hostname(payload["hostname"])
     if "addresses" in payload:
-        addresses = payload["addresses"]
-        if not isinstance(addresses, list):
-            problems.append("addresses must be a list")
-        else:
-            for i, entry in enumerate(addresses):
-                problems += _validate_address(i, entry)
-            names = [e.get("interface") for e in addresses if isinstance(e, dict)]
-            dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
-            if dupes:
-                problems.append(f"addresses lists interfaces more than once: {dupes}")
+        problems += _validate_entries(
+            payload["addresses"], "addresses", address_entry_problems, "interface"
+        )
     if "ssh_keys" in payload:
-        entries = payload["ssh_keys"]
-        if not isinstance(entries, list):
-            problems.append("ssh_keys must be a list")
-        else:
-            for i, entry in enumerate(entries):
-                problems += _validate_ssh_entry(i, entry)
-            users = [e.get("user") for e in entries if isinstance(e, dict)]
-            dupes = sorted({u for u in users if isinstance(u, str) and users.count(u) > 1})
-            if dupes:
-                problems.append(f"ssh_keys lists users more than once: {dupes}")
+        problems += _validate_entries(payload["ssh_keys"], "ssh_keys", ssh_entry_problems, "user")
     if "extra" in payload:
         extra = payload["extra"]
         if not isinstance(extra, dict):
             problems.append("extra must be an object")
         else:
-            for key in extra:
-                if not _EXTRA_KEY_RE.fullmatch(key):
-                    problems.append(
-                        f"extra key {key!r:.60} must be 1-128 of letters, digits, '_', '.', '-'"
-                    )
+            problems += [
+                f"extra {problem}"
+                for key in extra
+                if (problem := extra_key_problem(key)) is not None
+            ]
+    return problems
+
+
+def _validate_entries(
+    entries: object,
+    kind: str,
+    entry_problems: Callable[[Mapping[str, object]], list[str]],
+    unique_key: str,
+) -> list[str]:
+    if not isinstance(entries, list):
+        return [f"{kind} must be a list"]
+    problems: list[str] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            problems.append(f"{kind}[{index}] must be an object")
+        else:
+            problems += [f"{kind}[{index}]: {problem}" for problem in entry_problems(entry)]
+    dupes = repeated(entry.get(unique_key) for entry in entries if isinstance(entry, dict))
+    if dupes:
+        problems.append(f"{kind} lists the same {unique_key} more than once: {shown(dupes)}")
     return problems
 
 
