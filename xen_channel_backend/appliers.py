@@ -9,11 +9,18 @@ without touching a file; one problem anywhere rejects the payload whole
 (the ack's status "error"), so a typo in an address can never leave the
 hostname changed and the keys not.  Only then is each item applied on its
 own, and each gets its own status: ``applied``, ``unchanged`` (idempotent
-re-apply), ``failed`` or ``unsupported``.  Validation follows the protocol's
-rules exactly (tests check it agrees with protocol.validate_config_payload);
-a well-formed value this guest will not apply - a user who does not exist,
-a key line with options, a hostname over the kernel's 64 characters - fails
-only its own item.
+re-apply), ``failed`` or ``unsupported``.
+
+Two kinds of rule apply.  The protocol's rules (docs/protocol.md 4.3) are
+defined once, in :mod:`.protocol` (``hostname_problem``,
+``address_entry_problems``, ``ssh_entry_problems``, ...); the appliers call
+those functions while splitting the payload into items, so a payload the
+contract calls malformed is rejected whole, naming the item at fault.  This
+guest's own, stricter rules - :func:`guest_hostname_problem` (the kernel's
+64 characters), :func:`guest_key_problem` (no options, a real public key),
+:func:`guest_interface_problem` (no networkd glob characters) - judge a
+well-formed value and fail only its own item, as does a user who does not
+exist.
 
 Every file is written below ``ApplyContext.root`` through :class:`RootFS`,
 which resolves symlinks itself as if the root were ``/`` (so a symlink can
@@ -45,6 +52,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
+from . import protocol
 from .errors import XenChannelError, shown
 
 log = logging.getLogger(__name__)
@@ -366,30 +374,17 @@ def write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: Owner | None
 # hostname
 # --------------------------------------------------------------------------
 
-# Two kinds of check run on every item.  A payload that breaks the protocol's
-# rules (docs/protocol.md 4.3) is malformed: the whole payload is rejected.
-# A valid value that this guest cannot or will not apply (a hostname longer
-# than the kernel takes, a key with options) fails only its own item.
-
-#: The protocol allows 253 characters (RFC 1123); sethostname(2) takes at
-#: most HOST_NAME_MAX (64), and systemd applies that limit to /etc/hostname.
-MAX_PROTOCOL_HOSTNAME = 253
+#: sethostname(2) takes at most HOST_NAME_MAX (64) characters, and systemd
+#: applies that limit to /etc/hostname; the protocol allows RFC 1123's 253.
 MAX_HOSTNAME = 64
-_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-def hostname_problem(value: object) -> str | None:
-    """Why ``value`` is not a hostname by the protocol's rule (RFC 1123), or None."""
-    if not isinstance(value, str):
-        return f"must be a string, not {type(value).__name__}"
-    if not value:
-        return "is empty"
-    if len(value) > MAX_PROTOCOL_HOSTNAME:
-        return f"is {len(value)} characters, over the {MAX_PROTOCOL_HOSTNAME} allowed"
-    if not all(_LABEL_RE.fullmatch(label) for label in value.split(".")):
+def guest_hostname_problem(name: str) -> str | None:
+    """This guest's extra rule for a valid host name: the kernel's length limit."""
+    if len(name) > MAX_HOSTNAME:
         return (
-            f"{shown(value)} is not a hostname: use dot-separated labels of "
-            "A-Z a-z 0-9 and '-', not starting or ending with '-'"
+            f"{shown(name)} is {len(name)} characters; the kernel takes at most "
+            f"{MAX_HOSTNAME} (set a shorter name, e.g. its first label)"
         )
     return None
 
@@ -400,19 +395,15 @@ class HostnameApplier:
     path = "/etc/hostname"
 
     def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
-        problem = hostname_problem(value)
+        problem = protocol.hostname_problem(value)
         if problem is not None:
             return [], [Problem(item, problem)]
         return [Item(item, value)], []
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         name = str(item.value)
-        if len(name) > MAX_HOSTNAME:
-            raise ApplyFailed(
-                item.name,
-                f"{shown(name)} is {len(name)} characters; the kernel takes at most "
-                f"{MAX_HOSTNAME} (set a shorter name, e.g. its first label)",
-            )
+        if (problem := guest_hostname_problem(name)) is not None:
+            raise ApplyFailed(item.name, problem)
         changed = ctx.fs.write_file(self.path, f"{name}\n".encode("ascii"), 0o644)
         if ctx.live_hostname is not None and ctx.live_hostname.get() != name:
             ctx.live_hostname.set(name)
@@ -438,39 +429,19 @@ SSH_KEY_TYPES = frozenset(
         "sk-ecdsa-sha2-nistp256@openssh.com",
     }
 )
-# useradd's default NAME_REGEX, as protocol.validate_config_payload checks it.
-_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}\$?")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a tab separates fields
-MAX_KEY_LINE = 16384  # the protocol's limit; a 16384-bit RSA key is ~2.8 KB in base64
 
 
-def key_line_problem(line: object) -> str | None:
-    """Why ``line`` breaks the protocol's rule for a key line, or None.
-
-    A newline (or any control character) would smuggle a second line into
-    authorized_keys, so it makes the payload malformed.
-    """
-    if not isinstance(line, str):
-        return f"must be a string, not {type(line).__name__}"
-    if len(line) > MAX_KEY_LINE:
-        return f"is {len(line)} characters, over the {MAX_KEY_LINE} allowed"
-    if _CONTROL_RE.search(line):
-        return f"{shown(line)} contains a newline or another control character"
-    if len(line.split(None, 2)) < 2:
-        return f"{shown(line)} is not '<type> <base64> [comment]'"
-    return None
-
-
-def ssh_key_problem(line: object) -> str | None:
+def guest_key_problem(line: object) -> str | None:
     """Why ``line`` is not one plain public key line (type, base64, comment), or None.
 
-    Beyond :func:`key_line_problem`: options (``command="..."``,
+    This guest's extra rule, beyond the protocol's
+    :func:`~xen_channel_backend.protocol.ssh_key_line_problem`: options (``command="..."``,
     ``from=...``) come before the type, so insisting on a known type first
     rules them out; the base64 blob must decode and start with the same type
     (the SSH wire format, RFC 4253 6.6), which rules out a pasted private key
     or a truncated line.
     """
-    problem = key_line_problem(line)
+    problem = protocol.ssh_key_line_problem(line)
     if problem is not None:
         return problem
     assert isinstance(line, str)
@@ -543,38 +514,22 @@ class SshKeysApplier:
             return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
         items: list[Item] = []
         problems: list[Problem] = []
-        seen: set[str] = set()
         for index, entry in enumerate(value):
-            where = f"{item}[{index}]"
             if not isinstance(entry, dict):
-                problems.append(Problem(where, "must be an object with 'user' and 'keys'"))
+                problems.append(Problem(f"{item}[{index}]", "must be an object"))
                 continue
             user = entry.get("user")
-            if not isinstance(user, str) or not _USER_RE.fullmatch(user):
-                problems.append(Problem(where, f"user {shown(user)} is not a valid user name"))
-                continue
-            where = f"{item}/{user}"
-            if user in seen:
-                problems.append(Problem(where, "user appears twice"))
-                continue
-            seen.add(user)
-            unknown = sorted(set(entry) - {"user", "keys"})
-            if unknown:
-                problems.append(Problem(where, f"unknown fields {shown(unknown)}"))
-            keys = entry.get("keys")
-            if not isinstance(keys, list):
-                problems.append(Problem(where, "keys must be a list of public key lines"))
-                continue
-            bad = [
-                f"key {number}: {problem}"
-                for number, key in enumerate(keys)
-                if (problem := key_line_problem(key)) is not None
-            ]
-            if bad:
-                problems.extend(Problem(where, message) for message in bad)
-                continue
-            lines = tuple(str(key) for key in keys)
-            items.append(Item(where, UserKeys(user, lines)))
+            valid_user = protocol.user_problem(user) is None
+            where = f"{item}/{user}" if valid_user else f"{item}[{index}]"
+            found = protocol.ssh_entry_problems(entry)
+            problems.extend(Problem(where, message) for message in found)
+            if not found:
+                items.append(Item(where, UserKeys(str(user), tuple(map(str, entry["keys"])))))
+        users = (entry.get("user") for entry in value if isinstance(entry, dict))
+        problems.extend(
+            Problem(f"{item}/{user}", "is listed more than once")
+            for user in protocol.repeated(users)
+        )
         return items, problems
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
@@ -583,7 +538,7 @@ class SshKeysApplier:
         refused = [
             f"key {number}: {problem}"
             for number, key in enumerate(item.value.lines)
-            if (problem := ssh_key_problem(key)) is not None
+            if (problem := guest_key_problem(key)) is not None
         ]
         if refused:
             # Nothing is written for this user: a half-updated key list could
@@ -650,23 +605,20 @@ def _fix_directory(fd: int, mode: int, owner: Owner | None) -> bool:
 # network addresses (systemd-networkd)
 # --------------------------------------------------------------------------
 
-# The protocol takes the kernel's rule (dev_valid_name(): at most IFNAMSIZ-1 =
-# 15 bytes, no '/', ':' or whitespace, not '.' or '..').  This applier takes
-# less: networkd's Name= is a glob ('*', '?', '[') and a list (spaces), and
-# the name becomes part of a file name, so only these characters are written.
-_BAD_IFACE_RE = re.compile(r"[/:\s\x00-\x1f\x7f]")
+# The protocol takes the kernel's rule for an interface name
+# (protocol.interface_problem).  This guest takes less: networkd's Name= is a
+# glob ('*', '?', '[') and a list (spaces), and the name becomes part of a
+# file name, so only these characters are written.
 _SAFE_IFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 NETWORK_DIR = "/etc/systemd/network"
 
 
-def interface_problem(name: object) -> str | None:
-    """Why ``name`` is not an interface name by the protocol's rule, or None."""
-    if not isinstance(name, str) or not name:
-        return f"interface must be a non-empty string, not {shown(name)}"
-    if len(name) > 15 or name in (".", "..") or _BAD_IFACE_RE.search(name):
+def guest_interface_problem(name: str) -> str | None:
+    """This guest's extra rule for a valid interface name: no networkd pattern characters."""
+    if not _SAFE_IFACE_RE.fullmatch(name):
         return (
-            f"interface {shown(name)} is not a Linux interface name: 1-15 characters, "
-            "no '/', ':', whitespace or control characters, not '.' or '..'"
+            f"interface {shown(name)} is not supported by this agent: "
+            "use A-Z a-z 0-9 _ . - (systemd-networkd reads other characters as patterns)"
         )
     return None
 
@@ -688,50 +640,17 @@ class InterfaceConfig:
         return "".join(lines)
 
 
-def _parse_address_entry(entry: object) -> tuple[str | None, InterfaceConfig | None, list[str]]:
-    if not isinstance(entry, dict):
-        return None, None, ["must be an object with 'interface' and 'address'"]
-    problems: list[str] = []
-    interface = entry.get("interface")
-    if (problem := interface_problem(interface)) is not None:
-        return None, None, [problem]
-    assert isinstance(interface, str)
-    unknown = sorted(set(entry) - {"interface", "address", "gateway", "dns"})
-    if unknown:
-        problems.append(f"unknown fields {shown(unknown)}")
-    raw_address = entry.get("address")
-    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
-    if not isinstance(raw_address, str) or "/" not in raw_address:
-        problems.append(f"address {shown(raw_address)} must be 'IP/prefix', e.g. 192.0.2.10/24")
-    else:
-        try:
-            address = ipaddress.ip_interface(raw_address)
-        except ValueError:
-            problems.append(f"address {shown(raw_address)} is not an IP address with a prefix")
-    gateways: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    raw_gateway = entry.get("gateway")
-    if raw_gateway is not None:
-        try:
-            gateway = ipaddress.ip_address(raw_gateway if isinstance(raw_gateway, str) else "-")
-        except ValueError:
-            problems.append(f"gateway {shown(raw_gateway)} is not an IP address")
-        else:
-            if address is not None and gateway.version != address.version:
-                problems.append(f"gateway {gateway} is not IPv{address.version} like {address}")
-            gateways.append(gateway)
-    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    raw_dns = entry.get("dns", [])
-    if not isinstance(raw_dns, list):
-        problems.append("dns must be a list of IP addresses")
-    else:
-        for server in raw_dns:
-            try:
-                dns.append(ipaddress.ip_address(server if isinstance(server, str) else "-"))
-            except ValueError:
-                problems.append(f"dns server {shown(server)} is not an IP address")
-    if problems or address is None:
-        return interface, None, problems
-    return interface, InterfaceConfig(interface, (address,), tuple(gateways), tuple(dns)), []
+def _interface_config(entry: Mapping[str, object]) -> InterfaceConfig:
+    """The configuration in an entry protocol.address_entry_problems accepted."""
+    gateway = entry.get("gateway")
+    dns = entry.get("dns") or []
+    assert isinstance(dns, list)
+    return InterfaceConfig(
+        str(entry["interface"]),
+        (ipaddress.ip_interface(str(entry["address"])),),
+        () if gateway is None else (ipaddress.ip_address(str(gateway)),),
+        tuple(ipaddress.ip_address(str(server)) for server in dns),
+    )
 
 
 class AddressesApplier:
@@ -744,32 +663,33 @@ class AddressesApplier:
     def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
         if not isinstance(value, list):
             return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
-        configs: dict[str, InterfaceConfig] = {}
+        items: list[Item] = []
         problems: list[Problem] = []
-        seen: set[str] = set()
         for index, entry in enumerate(value):
-            interface, config, messages = _parse_address_entry(entry)
-            where = f"{item}/{interface}" if interface is not None else f"{item}[{index}]"
-            problems.extend(Problem(where, message) for message in messages)
-            if interface is not None and interface in seen:
-                problems.append(Problem(where, "interface appears twice"))
-            elif config is not None:
-                configs[config.interface] = config
-            if interface is not None:
-                seen.add(interface)
+            if not isinstance(entry, dict):
+                problems.append(Problem(f"{item}[{index}]", "must be an object"))
+                continue
+            interface = entry.get("interface")
+            valid_name = protocol.interface_problem(interface) is None
+            where = f"{item}/{interface}" if valid_name else f"{item}[{index}]"
+            found = protocol.address_entry_problems(entry)
+            problems.extend(Problem(where, message) for message in found)
+            if not found:
+                items.append(Item(where, _interface_config(entry)))
+        interfaces = (entry.get("interface") for entry in value if isinstance(entry, dict))
+        problems.extend(
+            Problem(f"{item}/{name}", "is listed more than once")
+            for name in protocol.repeated(interfaces)
+        )
         if problems:
             return [], problems
-        return [Item(f"{item}/{name}", config) for name, config in configs.items()], []
+        return items, []
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         config = item.value
         assert isinstance(config, InterfaceConfig)
-        if not _SAFE_IFACE_RE.fullmatch(config.interface):
-            raise ApplyFailed(
-                item.name,
-                f"interface {shown(config.interface)} is not supported by this agent: "
-                "use A-Z a-z 0-9 _ . - (systemd-networkd reads other characters as patterns)",
-            )
+        if (problem := guest_interface_problem(config.interface)) is not None:
+            raise ApplyFailed(item.name, problem)
         path = f"{NETWORK_DIR}/50-xen-channel-{config.interface}.network"
         changed = ctx.fs.write_file(path, config.network_file().encode("ascii"), 0o644)
         where = ctx.fs.shown_path(path)
@@ -865,7 +785,10 @@ class Registry:
         """Validate, then (only if all is valid) apply every item on its own.
 
         ``validators`` are further whole-payload checks (the guest agent
-        passes protocol.validate_config_payload, the contract's own rules).
+        passes protocol.validate_config_payload: beyond what the appliers
+        check with the same protocol functions, it refuses top-level keys that
+        v1 does not define and malformed ``extra`` keys, where a registry
+        only finds no applier).
         They run when the appliers found nothing, since the appliers' checks
         name the item at fault; theirs are reported under "payload".
         """
