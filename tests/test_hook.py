@@ -362,6 +362,18 @@ def test_release_also_removes_a_running_brokers_socket(host: HookHost) -> None:
     assert not os.path.exists(host.domain_dir(uuid))
 
 
+def test_release_removes_a_listening_brokers_socket_in_our_directory(host: HookHost) -> None:
+    """The broker listens until its next registry poll; its socket must not pin our dir."""
+    from xen_channel_backend.paths import broker_socket_for
+
+    uuid = new_uuid()
+    xml = xen_domain(host, uuid, "org.a.0")
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    with live_socket(broker_socket_for(f"{host.domain_dir(uuid)}/org.a.0")):
+        assert call(host, "libxl", "release", "end", xml) == (0, "", "")
+        assert not os.path.exists(host.domain_dir(uuid))
+
+
 def test_release_without_prepare_is_fine(host: HookHost) -> None:
     assert call(host, "libxl", "release", "end", xen_domain(host, new_uuid(), "a.0")) == (0, "", "")
 

@@ -33,10 +33,11 @@ from monitor_fixtures import (  # noqa: F401 - the fixtures register by import
 from xen_channel_backend import metadata
 from xen_channel_backend.cli import main
 from xen_channel_backend.model import Channel, Connection, Target
-from xen_channel_backend.monitor import Monitor, remove_domain_files
-from xen_channel_backend.paths import domain_socket_dir, socket_path
+from xen_channel_backend.monitor import Monitor
+from xen_channel_backend.paths import broker_socket_for, domain_socket_dir, socket_path
 from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 from xen_channel_backend.settings import Settings
+from xen_channel_backend.sockets import remove_domain_files
 
 PTY = Channel("org.example.console", Connection.PTY, target=Target.VIRTIO)
 
@@ -197,8 +198,63 @@ def test_remove_domain_files_leaves_non_sockets(settings: Settings) -> None:
         handle.write("an admin's file, not a socket")
     record = DomainRecord(uuid, "d", "test", "running",
                           (ChannelRecord.from_channel(channel, created_dir=True),))
-    assert remove_domain_files(settings, record) == []
+    warnings: list[str] = []
+    assert remove_domain_files(settings, Registry(settings.rundir), record, warnings.append) == []
     assert os.path.isfile(path)
+    assert any("regular file" in w for w in warnings)
+
+
+@pytest.mark.parametrize("broker_listening", [False, True])
+def test_reconcile_removes_the_brokers_socket_and_the_directory(
+    settings: Settings, broker_listening: bool
+) -> None:
+    """The monitor's removal is the release hook's: the broker socket goes too."""
+    import socket
+
+    registry = Registry(settings.rundir)
+    stale = "5a1c0000-0000-4000-8000-0000000000ab"
+    channel = socket_channel(settings, stale)
+    path = channel.path or ""
+    bound_socket(path)
+    broker = socket.socket(socket.AF_UNIX)
+    broker.bind(broker_socket_for(path))
+    if broker_listening:
+        broker.listen(1)  # a running broker that has not polled the registry yet
+    else:
+        broker.close()
+    registry.put(DomainRecord(stale, "gone", "test", "running",
+                              (ChannelRecord.from_channel(channel, created_dir=True),)))
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        assert monitor.reconcile().removed == [stale]
+    finally:
+        monitor.close()
+        broker.close()
+    assert not os.path.exists(domain_socket_dir(settings, stale))
+
+
+def test_reconcile_spares_a_path_claimed_by_another_domain(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(settings.rundir)
+    owner, stale = "5a1c0000-0000-4000-8000-0000000000a1", "5a1c0000-0000-4000-8000-0000000000a2"
+    channel = socket_channel(settings, owner)
+    bound_socket(channel.path or "")
+    registry.claim_paths(DomainRecord(owner, "owner", "libxl", "running",
+                                      (ChannelRecord.from_channel(channel),)))
+    # A record that names the owner's path (as a conflicting reconnect writes it).
+    registry.put(DomainRecord(stale, "gone", "test", "running",
+                              (ChannelRecord.from_channel(channel, created_dir=True),)))
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            assert monitor.reconcile().removed == [stale]
+    finally:
+        monitor.close()
+    assert os.path.lexists(channel.path or "")
+    assert any("claimed by another domain" in r.getMessage() for r in caplog.records)
 
 
 def test_second_reconcile_with_no_changes_does_no_work(settings: Settings, conn: Any) -> None:

@@ -435,46 +435,20 @@ def reconnect(call: HookCall) -> int:
 
 
 def release(call: HookCall) -> int:
-    """Remove the sockets and directories we created, then the record.  Idempotent."""
-    from .paths import broker_socket_for, is_within
-    from .sockets import Occupied, remove_stale
+    """Remove the stale sockets and the directories we created, then the record.  Idempotent.
+
+    sockets.remove_domain_files is shared with the monitor, which does the
+    same for a domain that vanished without its release hook.
+    """
+    from .sockets import remove_domain_files
 
     domain = call.scan()
-    uuid, name = call.identity(domain)
-    settings = call.settings()
+    uuid, _name = call.identity(domain)
     registry = call.registry()
     record = registry.by_uuid(uuid)
     if record is None:
         return 0
-    for channel in record.channels:
-        path = channel.path
-        if channel.connection is not Connection.SOCKET or not path:
-            continue
-        # Only inside the allowed roots, and only while we hold the claim (a
-        # reconnect may have recorded a path another domain owns): the
-        # record is ours, but must never lead us to delete anything else.
-        if not is_within(path, settings.allowed_roots, strict=True):
-            continue
-        if registry.claim_owner(path) != uuid:
-            call.warn(f"domain {shown(name)}: left {shown(path)} alone: "
-                      "its path is claimed by another domain")
-            continue
-        try:
-            remove_stale(path)
-        except Occupied as exc:
-            call.warn(f"domain {shown(name)}: left {shown(path)} in place: it {exc.reason}")
-        # A broker serves this channel from a socket beside QEMU's; a stale
-        # one would keep the directory from being removed.
-        with contextlib.suppress(XenChannelError, Occupied):
-            remove_stale(broker_socket_for(path))
-        if channel.created_dir:
-            try:
-                os.rmdir(os.path.dirname(path))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                call.warn(f"domain {shown(name)}: left {shown(os.path.dirname(path))} "
-                          f"in place: {exc.strerror}")
+    remove_domain_files(call.settings(), registry, record, call.warn)
     registry.remove(uuid)
     return 0
 

@@ -18,8 +18,8 @@ through the API.  This long-running process does it:
 * At start, after every reconnect and every ``--reconcile-interval`` seconds
   it reconciles the registry with libvirt's domain list
   (:meth:`Monitor.reconcile`): records of domains that no longer exist are
-  removed, with their sockets and socket directories - only ever below the
-  run directory.
+  removed, with their stale sockets and our socket directories, exactly as
+  the release hook removes them (sockets.remove_domain_files).
 * It survives libvirtd restarts: a close callback and keepalive
   (``virConnectSetKeepAlive``) detect the dead connection, and it reconnects
   with bounded exponential backoff, then reconciles.
@@ -38,13 +38,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import errno
 import functools
 import logging
 import os
 import select
 import signal
-import stat
 import threading
 import time
 from collections import deque
@@ -506,7 +504,9 @@ class Monitor:
 
     def _forget(self, record: DomainRecord) -> None:
         """The domain no longer exists: remove its sockets, directories and record."""
-        removed = remove_domain_files(self.settings, record)
+        from .sockets import remove_domain_files
+
+        removed = remove_domain_files(self.settings, self.registry, record, _warn)
         self.registry.remove(record.uuid)
         what = f"; removed {', '.join(removed)}" if removed else ""
         log.info("domain %s (%s) no longer exists: record removed%s",
@@ -544,72 +544,13 @@ def _with_live_path(record: ChannelRecord, live: Channel | None) -> ChannelRecor
     return dataclasses.replace(record, path=live.path)
 
 
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+
+
 def _describe(channels: Iterable[Channel]) -> str:
     parts = [f"{c.label}={c.path or '-'}" for c in channels]
     return ", ".join(parts) if parts else "no channels"
-
-
-def remove_domain_files(settings: Settings, record: DomainRecord) -> list[str]:
-    """Remove a gone domain's sockets and the directories we created for them.
-
-    Only below the run directory, never following a symlink: a socket is
-    unlinked only if it is a socket (lstat), a directory is removed only if
-    it is a real, empty directory.  Anything else is left and logged.
-    Returns what was removed.
-    """
-    from .paths import domain_socket_dir, is_within
-
-    rundir = settings.rundir
-    removed: list[str] = []
-    directories: list[str] = []
-    for channel in record.channels:
-        path = channel.path
-        if channel.connection is not Connection.SOCKET or not path:
-            continue
-        if not is_within(path, (rundir,), strict=True):
-            continue  # outside the run directory: never ours to delete here
-        if _unlink_socket(path):
-            removed.append(path)
-        if channel.created_dir:
-            directories.append(os.path.dirname(path))
-    directories.append(domain_socket_dir(settings, record.uuid))
-    for directory in dict.fromkeys(directories):
-        if not is_within(directory, (rundir,), strict=True):
-            continue
-        if _rmdir_plain(directory):
-            removed.append(directory)
-    return removed
-
-
-def _unlink_socket(path: str) -> bool:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(info.st_mode):
-        log.warning("left %s in place: not a socket", shown(path))
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    return True
-
-
-def _rmdir_plain(directory: str) -> bool:
-    try:
-        info = os.lstat(directory)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISDIR(info.st_mode):
-        log.warning("left %s in place: not a directory", shown(directory))
-        return False
-    try:
-        os.rmdir(directory)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-            log.warning("left %s in place: not empty", shown(directory))
-            return False
-        raise
-    return True
 
 
 def resolve_uri(uri: str | None) -> str:

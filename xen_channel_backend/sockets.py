@@ -19,6 +19,13 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
+
+# Not typing.TYPE_CHECKING: importing typing costs every hook call.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .registry import DomainRecord, Registry
+    from .settings import Settings
 
 ABSENT = "absent"
 STALE = "stale"
@@ -93,10 +100,12 @@ def _connect_probe(path: str) -> str:
     raise Occupied(Occupied.UNPROBED, f"is a socket that cannot be probed ({detail})", detail)
 
 
-def remove_stale(path: str) -> bool:
+def remove_stale(path: str, *, even_live: bool = False) -> bool:
     """Unlink ``path`` if it is a stale socket; True if one was removed.
 
-    Raises :class:`Occupied` for anything else there (nothing is removed).
+    Raises :class:`Occupied` for anything else there (nothing is removed);
+    ``even_live`` also removes a socket somebody listens on (only for a
+    socket that can be nobody's but ours).
     The unlink works relative to the parent opened with O_NOFOLLOW and the
     entry is lstat'ed again through it, so neither a symlinked directory nor
     a symlink at the path itself is followed.
@@ -117,10 +126,103 @@ def remove_stale(path: str) -> bool:
             return False
         if not stat.S_ISSOCK(info.st_mode):
             raise Occupied(Occupied.OTHER, f"is taken by a {file_kind(info.st_mode)}")
-        if _connect_probe(path) == ABSENT:
-            return False
+        try:
+            if _connect_probe(path) == ABSENT:
+                return False
+        except Occupied as exc:
+            if not (even_live and exc.kind == Occupied.LIVE):
+                raise
         with contextlib.suppress(FileNotFoundError):
             os.unlink(leaf, dir_fd=parent)
         return True
     finally:
         os.close(parent)
+
+
+def remove_domain_files(
+    settings: Settings, registry: Registry, record: DomainRecord, warn: Callable[[str], None]
+) -> list[str]:
+    """Remove a stopped or vanished domain's stale sockets and our directories.
+
+    The one implementation for the release hook and the monitor.  For each
+    recorded socket channel, only inside the allowed roots and only unless
+    another domain holds the claim on its path (a reconnect may have
+    recorded a path another domain owns): its socket if stale, the broker's
+    socket beside it, then the directories we created and the domain's own
+    ``RUNDIR/<uuid>`` if they are empty.  A live socket, anything that is
+    not a socket, and a directory that is not empty are left in place and
+    reported through ``warn``.  Never follows a symlink.  Returns what was
+    removed.  The caller removes the record (and with it the claims).
+    """
+    from .errors import XenChannelError, shown
+    from .model import Connection
+    from .paths import broker_socket_for, domain_socket_dir, is_within
+
+    label = f"domain {shown(record.name)}"
+    own_dir = domain_socket_dir(settings, record.uuid)
+    removed: list[str] = []
+    directories: list[str] = []
+    for channel in record.channels:
+        path = channel.path
+        if channel.connection is not Connection.SOCKET or not path:
+            continue
+        if not is_within(path, settings.allowed_roots, strict=True):
+            continue  # the record is ours, but must never lead us outside the roots
+        if registry.claim_owner(path) not in (None, record.uuid):
+            warn(f"{label}: left {shown(path)} alone: its path is claimed by another domain")
+            continue
+        directory = os.path.dirname(path)
+        our_directory = channel.created_dir or directory == own_dir
+        if _remove_reporting(path, label, warn):
+            removed.append(path)
+        try:
+            broker = broker_socket_for(path)
+        except XenChannelError:
+            broker = None  # no room for a broker socket: there is none
+        # A running broker still listens there until its next registry poll;
+        # in a directory we made, no one else can have put a socket by that
+        # name, and it would keep the directory alive.
+        if (broker is not None and registry.claim_owner(broker) in (None, record.uuid)
+                and _remove_reporting(broker, label, warn, even_live=our_directory)):
+            removed.append(broker)
+        if our_directory:
+            directories.append(directory)
+    directories.append(own_dir)  # named by the UUID: nobody else's (as at prepare)
+    for directory in dict.fromkeys(directories):
+        if _rmdir_reporting(directory, label, warn):
+            removed.append(directory)
+    return removed
+
+
+def _remove_reporting(
+    path: str, label: str, warn: Callable[[str], None], *, even_live: bool = False
+) -> bool:
+    from .errors import shown
+
+    try:
+        return remove_stale(path, even_live=even_live)
+    except Occupied as exc:
+        warn(f"{label}: left {shown(path)} in place: it {exc.reason}")
+    except OSError as exc:
+        warn(f"{label}: left {shown(path)} in place: {exc.strerror or exc}")
+    return False
+
+
+def _rmdir_reporting(directory: str, label: str, warn: Callable[[str], None]) -> bool:
+    from .errors import shown
+
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        warn(f"{label}: left {shown(directory)} in place: it is a {file_kind(info.st_mode)}")
+        return False
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        warn(f"{label}: left {shown(directory)} in place: {exc.strerror or exc}")
+        return False
+    return True
