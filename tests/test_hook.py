@@ -484,6 +484,29 @@ def test_migrate_and_restore_reallocate_our_paths(host: HookHost, driver: str, o
     assert record(host, uuid) is None  # migrate/restore never register
 
 
+@pytest.mark.parametrize("op", ["migrate", "restore"])
+def test_migrate_ignores_channels_we_do_not_manage(host: HookHost, op: str) -> None:
+    """libvirt's own virtio path (with '=') and odd names elsewhere must not abort it."""
+    uuid = new_uuid()
+    libvirts = "/var/lib/libvirt/qemu/channel/target/domain-1-a=b/org.qemu.guest_agent.0"
+    xml = domain_xml("a=b", uuid, [
+        channel_xml("unix", "virtio", "org.qemu.guest_agent.0", libvirts),
+        channel_xml("unix", "virtio", "not a valid name", "/srv/other,host/sock"),
+        channel_xml("unix", "virtio", "org.a.0", f"/var/run/other-host/{uuid}/org.a.0"),
+        # connect mode: QEMU is the client; whatever the path, it is not ours.
+        channel_xml("unix", "virtio", "org.c.0", f"/var/run/other-host/{uuid}/org.c.0")
+        .replace("mode='bind'", "mode='connect'"),
+    ], domain_type="kvm")
+    code, out, err = call(host, "qemu", op, "begin", xml, domain="a=b")
+    assert (code, err) == (0, "")
+    from lxml import etree
+
+    root = etree.fromstring(out.encode())
+    paths = [s.get("path") for s in root.iterfind("devices/channel/source")]
+    assert paths == [libvirts, "/srv/other,host/sock", f"{host.domain_dir(uuid)}/org.a.0",
+                     f"/var/run/other-host/{uuid}/org.c.0"]
+
+
 def test_libxl_has_no_restore_hook(host: HookHost) -> None:
     uuid = new_uuid()
     xml = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", f"/elsewhere/{uuid}/a")])

@@ -461,7 +461,10 @@ def reallocate(call: HookCall) -> int:
 
     A path is ours when its directory is named by the domain's UUID, which is
     how paths.socket_path lays them out on every host whatever its run
-    directory; other paths (typed by hand, or libvirt's) pass unchanged.
+    directory; other paths (typed by hand, or libvirt's) pass unchanged and
+    are not even validated: a migration must never fail on a channel we do
+    not manage (libvirt's own paths may hold ``=`` or ``,``).  For the qemu
+    driver a connect-mode channel is never ours (see scan_domain).
     """
     from . import domxml
     from .paths import canonical_uuid, socket_path
@@ -477,10 +480,16 @@ def reallocate(call: HookCall) -> int:
     for element in domxml.channel_elements(root):
         if element.get("type") != "unix" or domxml.target_type(element) not in wanted:
             continue
-        channel = domxml.channel_from_element(element)
-        if channel.path is None or channel.name is None:
+        source = element.find("source")
+        raw_path = source.get("path") if source is not None else None
+        if source is None or raw_path is None:
             continue
-        if os.path.basename(os.path.dirname(channel.path)).lower() != uuid:
+        if call.driver == "qemu" and source.get("mode") in (None, "connect"):
+            continue
+        if os.path.basename(os.path.dirname(raw_path)).lower() != uuid:
+            continue
+        channel = domxml.channel_from_element(element)  # ours: validated from here on
+        if channel.path is None or channel.name is None:
             continue
         new_path = socket_path(call.settings(), uuid, channel.name)
         if new_path != channel.path:
