@@ -65,6 +65,10 @@ class BackendStandin:
         self._thread: threading.Thread | None = None
         self._wake_r = -1
         self._wake_w = -1
+        # Size of the guest -> client backlog, published by the serving thread
+        # so tests can wait for guest output to be buffered (wait_buffered).
+        self._backlog_size = 0
+        self._backlog_changed = threading.Condition()
 
     # --- lifecycle -------------------------------------------------------
 
@@ -126,6 +130,27 @@ class BackendStandin:
         """Open the guest end like an agent opens /dev/hvcN (read/write, no controlling tty)."""
         return os.open(self.guest_tty, os.O_RDWR | os.O_NOCTTY)
 
+    def wait_buffered(self, count: int, timeout: float) -> None:
+        """Block until at least ``count`` bytes of guest output wait in the backlog.
+
+        While no client is connected, this is QEMU keeping guest output for the
+        next client: a test that waits for its stale bytes here knows a client
+        connecting afterwards meets them first.  Raises TimeoutError if they
+        do not arrive within ``timeout`` seconds.
+        """
+        if count > BACKLOG_LIMIT:
+            raise ValueError(f"the backlog holds at most {BACKLOG_LIMIT} bytes, not {count}")
+        with self._backlog_changed:
+            if not self._backlog_changed.wait_for(lambda: self._backlog_size >= count, timeout):
+                raise TimeoutError(
+                    f"{self._backlog_size} of {count} guest bytes buffered after {timeout} s"
+                )
+
+    def _publish_backlog(self, backlog: bytearray) -> None:
+        with self._backlog_changed:
+            self._backlog_size = len(backlog)
+            self._backlog_changed.notify_all()
+
     # --- the bridge ------------------------------------------------------
 
     def _serve(self) -> None:
@@ -179,6 +204,7 @@ class BackendStandin:
                                 backlog += os.read(master, _READ_SIZE)
                             if client is None:
                                 del backlog[: max(0, len(backlog) - BACKLOG_LIMIT)]
+                            self._publish_backlog(backlog)
                         if events & selectors.EVENT_WRITE and to_guest:
                             with contextlib.suppress(BlockingIOError):
                                 del to_guest[: os.write(master, to_guest)]
@@ -186,6 +212,7 @@ class BackendStandin:
                         if events & selectors.EVENT_WRITE and backlog:
                             try:
                                 del backlog[: client.send(backlog)]
+                                self._publish_backlog(backlog)
                             except BlockingIOError:
                                 pass
                             except OSError:

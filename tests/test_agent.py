@@ -13,7 +13,6 @@ import select
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,20 +172,34 @@ def test_stale_bytes_before_the_handshake_are_discarded(qemu: BackendStandin) ->
         # Left over from an earlier client: noise, a half frame, a hello-ack and
         # an ack for requests this client never made.  QEMU keeps guest output
         # while nobody is connected, so the new client reads all of it first.
-        fake.write(b"boot noise\r\n\x00\x01")
-        fake.write(b'\xff{"type":"ack","id":"old","stat')
-        fake.write(
+        stale = [
+            b"boot noise\r\n\x00\x01",
+            b'\xff{"type":"ack","id":"old","stat',
             protocol.encode(
                 protocol.hello_ack("0" * 32, agent_name="old", agent_version="0", capabilities=[])
-            )
-        )
-        fake.write(protocol.encode(protocol.ack("old", results=[])))
-        time.sleep(0.1)  # let the stand-in take it into its backlog before we connect
+            ),
+            protocol.encode(protocol.ack("old", results=[])),
+        ]
+        for chunk in stale:
+            fake.write(chunk)
+        # Connect only once all of it is in the stand-in's backlog, so the
+        # client really meets it before its handshake.
+        qemu.wait_buffered(sum(map(len, stale)), WAIT)
         with client_for(qemu) as client:
             agent = client.handshake(WAIT)
             result = client.send_config({"hostname": "vm1"}, WAIT)
     assert agent.name == "fake-guest"
     assert result.status == "ok"
+
+
+def test_standin_reports_buffered_guest_output(qemu: BackendStandin) -> None:
+    """The wait the test above relies on: it returns once the guest's bytes are
+    held for the next client, and fails loudly when they never are."""
+    with guest(qemu) as fake:
+        fake.write(b"0123456789")
+        qemu.wait_buffered(10, WAIT)
+        with pytest.raises(TimeoutError, match="10 of 11 guest bytes"):
+            qemu.wait_buffered(11, 0.05)
 
 
 def test_stale_hello_ack_with_another_nonce_is_ignored(qemu: BackendStandin) -> None:
