@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from xen_channel_backend.errors import PathConflict, RegistryError
+from xen_channel_backend.errors import PathConflict, RegistryError, UnsafeRegistryDir
 from xen_channel_backend.model import Connection, Target
 from xen_channel_backend.registry import (
     PREPARING,
@@ -156,9 +157,74 @@ def test_symlinked_registry_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "registry").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(Exception, match="not a plain directory"):
-        Registry(str(tmp_path / "run")).put(record(UUID_A, "vm"))
+    registry = Registry(str(tmp_path / "run"))
+    with pytest.raises(UnsafeRegistryDir, match=r"registry directory .* is a symlink"):
+        registry.put(record(UUID_A, "vm"))
+    with pytest.raises(UnsafeRegistryDir):
+        registry.list()
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def _populated_target(tmp_path: Path) -> tuple[Path, Path]:
+    """A real run directory holding one record, and a symlink to it as the run directory."""
+    real = tmp_path / "real"
+    Registry(str(real)).put(record(UUID_B, "victim", str(real / UUID_B / "a")))
+    link = tmp_path / "run"
+    link.symlink_to(real)
+    return real, link
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_symlinked_run_directory_is_never_written_through(tmp_path: Path) -> None:
+    real, link = _populated_target(tmp_path)
+    before = _tree(real)
+    registry = Registry(str(link))
+    with pytest.raises(UnsafeRegistryDir) as caught:
+        registry.put(record(UUID_A, "vm", str(link / UUID_A / "a")))
+    message = caught.value.message()
+    assert message.startswith(f"run directory {link} is a symlink (to '{real}')")
+    assert "\n" not in message
+    with pytest.raises(UnsafeRegistryDir):
+        registry.claim_paths(record(UUID_A, "vm", str(link / UUID_A / "a")))
+    with pytest.raises(UnsafeRegistryDir):
+        registry.release(UUID_B)
+    with pytest.raises(UnsafeRegistryDir):
+        registry.remove(UUID_B)
+    assert _tree(real) == before
+
+
+def test_symlinked_run_directory_is_never_read_through(tmp_path: Path) -> None:
+    real, link = _populated_target(tmp_path)
+    registry = Registry(str(link))
+    refused = re.escape(f"run directory {link} is a symlink")
+    for read in (
+        registry.list, lambda: registry.get("victim"), lambda: registry.get(UUID_B),
+        lambda: registry.by_uuid(UUID_B), lambda: registry.claim_owner(str(real / UUID_B / "a")),
+    ):
+        with pytest.raises(UnsafeRegistryDir, match=refused):
+            read()
+    # Daemons scan: they get the one problem, and no record from the target.
+    records, problems = registry.scan()
+    assert records == []
+    assert [type(p) for p in problems] == [UnsafeRegistryDir]
+
+
+def test_dangling_symlink_or_file_as_run_directory_is_refused(tmp_path: Path) -> None:
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "missing")
+    with pytest.raises(UnsafeRegistryDir, match="is a symlink"):
+        Registry(str(dangling)).put(record(UUID_A, "vm"))
+    assert not (tmp_path / "missing").exists()
+    plain_file = tmp_path / "file"
+    plain_file.write_text("")
+    with pytest.raises(UnsafeRegistryDir, match="is not a directory"):
+        Registry(str(plain_file)).list()
 
 
 # --- real processes ------------------------------------------------------------

@@ -352,3 +352,18 @@ class NoSuchDomain(XenChannelError):
 
     def message(self) -> str:
         return f"libvirt at {shown(self.uri)} has no domain {shown(self.domain)}"
+
+
+class UnsafeRegistryDir(RegistryError):
+    """The run directory (or a registry directory in it) is a symlink or no directory.
+
+    The registry never follows one: a symlinked run directory would send
+    every record, claim and lock wherever it points.
+    """
+
+    def __init__(self, role: str, path: str, detail: str) -> None:
+        super().__init__(path, detail)
+        self.role = role
+
+    def message(self) -> str:
+        return f"{self.role} {self.path} {self.detail}"

@@ -24,6 +24,12 @@ Why it is safe:
   so a claim file is never seen empty.  ``owned/<uuid>.json`` is written
   before the links, so even after SIGKILL every claim of a domain is listed
   there and :meth:`Registry.release` finds it without scanning.
+* The run directory must not be a symlink, nor ``registry/`` and its
+  subdirectories: every operation lstat's them first and refuses one
+  (UnsafeRegistryDir), and writers create them with
+  paths.make_dirs_nofollow.  Settings name the run directory, but whoever
+  can replace it with a symlink could otherwise send every record, claim
+  and lock elsewhere; the prepare hook refuses it too.
 * A writer killed mid-write can leave a ``.*.tmp`` file behind; readers skip
   dot-files, and the run directory is on tmpfs (/run), so they go at reboot.
 * Another domain's claim is never taken over: the owner's own release
@@ -49,10 +55,11 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 
 from .atomic import atomic_write, fsync_directory
-from .errors import InvalidUUID, PathConflict, RegistryError
+from .errors import InvalidUUID, PathConflict, RegistryError, UnsafeRegistryDir, shown
 from .model import Channel, Connection, Target
 from .paths import canonical_uuid, make_dirs_nofollow
 
@@ -198,7 +205,9 @@ class Registry:
         What hooks and the monitor use: they always know the UUID, and their
         cost must not grow with the number of registered domains.
         """
-        return self._read_record(canonical_uuid(uuid))
+        uuid = canonical_uuid(uuid)
+        self._check_dirs(self.records_dir)
+        return self._read_record(uuid)
 
     def get(self, name_or_uuid: str) -> DomainRecord | None:
         """The record for a UUID (any spelling) or a domain name, or None.
@@ -208,6 +217,7 @@ class Registry:
         name missing from the index falls back to reading every record, for
         an index entry lost to a crash between the record and index writes.
         """
+        self._check_dirs(self.records_dir, self._names_dir)
         uuid: str | None
         try:
             uuid = canonical_uuid(name_or_uuid)
@@ -240,8 +250,14 @@ class Registry:
         """Every readable record (sorted), and an error for each unreadable one.
 
         For daemons (monitor, broker): one corrupt record must not hide every
-        other domain from them.  The CLI uses list(), which reports it.
+        other domain from them.  The CLI uses list(), which reports it.  A
+        symlinked run or registry directory hides every record: it is the
+        one problem reported then.
         """
+        try:
+            self._check_dirs(self.records_dir)
+        except UnsafeRegistryDir as exc:
+            return [], [exc]
         try:
             entries = os.listdir(self.records_dir)
         except FileNotFoundError:
@@ -281,6 +297,7 @@ class Registry:
     def remove(self, uuid: str) -> None:
         """Forget domain ``uuid``: release its claims, delete its record.  Idempotent."""
         uuid = canonical_uuid(uuid)
+        self._check_dirs()
         if not os.path.isdir(self.base):
             return
         self._ensure_dirs()
@@ -330,6 +347,7 @@ class Registry:
     def release(self, uuid: str) -> None:
         """Release every path claim of ``uuid``.  Idempotent."""
         uuid = canonical_uuid(uuid)
+        self._check_dirs()
         if not os.path.isdir(self.base):
             return
         self._ensure_dirs()
@@ -338,16 +356,47 @@ class Registry:
 
     def claim_owner(self, path: str) -> str | None:
         """The UUID holding a claim on ``path``, or None."""
+        self._check_dirs(self._claims_dir)
         owner = self._read_claim(_normalize(path))
         return owner["uuid"] if owner else None
 
     # --- internals --------------------------------------------------------------
 
+    def _check_dirs(self, *subdirs: str) -> None:
+        """Raise UnsafeRegistryDir if the run directory, ``registry/`` or a
+        given subdirectory is a symlink or not a directory.
+
+        lstat, not a walk of descriptors: only whoever can write the parent
+        can swap one of them after the check, and that is root (run
+        directory) or the registry itself.  A missing one is fine here:
+        readers then find nothing, writers create it without following
+        symlinks.
+        """
+        roles = [("run directory", self.rundir), ("registry directory", self.base)]
+        roles += [("registry directory", d) for d in subdirs]
+        for role, directory in roles:
+            try:
+                info = os.lstat(directory)
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(info.st_mode):
+                try:
+                    target = f" (to {shown(os.readlink(directory))})"
+                except OSError:  # pragma: no cover - replaced since the lstat
+                    target = ""
+                raise UnsafeRegistryDir(
+                    role, directory,
+                    f"is a symlink{target}; the registry is never used through one",
+                )
+            if not stat.S_ISDIR(info.st_mode):
+                raise UnsafeRegistryDir(role, directory, "is not a directory")
+
     def _ensure_dirs(self) -> None:
+        self._check_dirs()
         if self._ready:
             return
-        # Never follow a symlink planted inside the run directory (the run
-        # directory itself comes from the admin's settings and is trusted).
+        # Never follow a symlink planted inside the run directory; the run
+        # directory itself was checked just above.
         for directory in (
             self.records_dir, self._locks_dir, self._owned_dir, self._claims_dir, self._names_dir,
         ):
