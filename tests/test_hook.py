@@ -466,19 +466,35 @@ def test_migrate_and_restore_reallocate_our_paths(host: HookHost, driver: str, o
     uuid = new_uuid()
     foreign_root = f"/var/run/other-host/{uuid}"
     hand_typed = "/var/lib/libvirt/libxl/channel/target/vm1-hand"
+    from lxml import etree
+
+    from xen_channel_backend import metadata
+    from xen_channel_backend.model import Channel, Connection
+
+    ours = [  # what fill/define wrote on the source host
+        Channel("org.a.0", Connection.SOCKET, f"{foreign_root}/org.a.0", target=Target.XEN),
+        Channel("org.b.0", Connection.SOCKET, hand_typed, target=Target.XEN),
+        Channel("org.p.0", Connection.PTY, target=Target.XEN),
+    ]
     xml = domain_xml("vm1", uuid, [
         channel_xml("unix", "xen", "org.a.0", f"{foreign_root}/org.a.0"),
         channel_xml("unix", "xen", "org.b.0", hand_typed),
         "<channel type='pty'><target type='xen' name='org.p.0'/></channel>",
-    ])
+    ]).replace(b"<devices>", b"<metadata><other xmlns='urn:someone:else'/>"
+               + etree.tostring(metadata.metadata_element(ours, "running"))
+               + b"</metadata>\n  <devices>")
     code, out, err = call(host, driver, op, "begin", xml)
     assert (code, err) == (0, "")
-    from lxml import etree
 
     root = etree.fromstring(out.encode())
     paths = [s.get("path") for s in root.iterfind("devices/channel/source")]
     assert paths == [f"{host.domain_dir(uuid)}/org.a.0", hand_typed]
     assert root.find("memory").text == "65536"  # type: ignore[union-attr]
+    # Our metadata follows the devices; other namespaces are left alone.
+    found = metadata.find_domain_metadata(root)
+    assert found is not None and found.state == "running"
+    assert [c.path for c in found.channels] == [*paths, None]
+    assert root.find("metadata/{urn:someone:else}other") is not None
     # Already right for this host: no output means "unchanged" to libvirt.
     assert call(host, driver, op, "begin", out) == (0, "", "")
     assert record(host, uuid) is None  # migrate/restore never register

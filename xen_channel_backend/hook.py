@@ -495,10 +495,44 @@ def reallocate(call: HookCall) -> int:
         if new_path != channel.path:
             domxml.set_source_path(element, new_path)
             changed = True
+    changed = _reallocate_metadata(call, root, uuid) or changed
     if changed:
         call.stdout.write(domxml.serialize(tree))
         call.stdout.flush()
     return 0
+
+
+def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
+    """Point our ``<xcb:channels>`` at this host's paths too; True if it changed.
+
+    The metadata names each channel's path (fill/define write it), so after
+    a migration it must follow the devices, by the same rule: a socket path
+    in the UUID-named directory is re-allocated with paths.socket_path.
+    Invalid metadata is left as it is (a warning): the migration must not
+    fail over it, and the monitor reports and replaces it.
+    """
+    from . import metadata
+    from .errors import InvalidMetadata
+    from .paths import socket_path
+
+    try:
+        current = metadata.find_domain_metadata(root)
+    except InvalidMetadata as exc:
+        call.warn(f"{exc.message()}; left unchanged")
+        return False
+    if current is None:
+        return False
+    channels = []
+    for channel in current.channels:
+        if (channel.connection is Connection.SOCKET and channel.path and channel.name
+                and os.path.basename(os.path.dirname(channel.path)).lower() == uuid):
+            channel = dataclasses.replace(
+                channel, path=socket_path(call.settings(), uuid, channel.name))
+        channels.append(channel)
+    if tuple(channels) == current.channels:
+        return False
+    metadata.set_domain_metadata(root, channels, current.state)
+    return True
 
 
 Handler = Callable[[HookCall], int]
