@@ -238,7 +238,8 @@ def test_monitor_survives_libvirtd_sigkill_and_reconciles(
     os.makedirs(stale_dir)
     registry.put(DomainRecord(stale, new_domain_name("gone"), "qemu", "running", ()))
 
-    time.sleep(2)  # let the monitor retry a few times against the dead socket
+    # The monitor has retried against the dead socket (its log says so) before libvirtd returns.
+    monitor.wait_for("retrying in", times=2)
     daemon.start()
     monitor.wait_for("following domain events", times=2)
     # Bounded backoff (0.5 s doubling): a handful of retries, not a busy loop.
