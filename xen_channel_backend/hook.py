@@ -9,15 +9,19 @@ OP, SUBOP, EXTRA])``.  The table :data:`HANDLERS` is the whole contract
 
 =================  ==========================================================
 prepare begin      validate and claim each unix channel path, create its
-                   directory, remove a stale socket; record ``preparing``
+                   directory, remove a stale socket (a live one fails);
+                   record ``preparing``
 start begin,       record the live XML (pty paths appear at started) as
 started begin      ``running``
-stopped end,       remove the sockets and directories we created and the
-release end        record; idempotent
+stopped end,       remove the stale sockets and the directories we created,
+release end        then the record; idempotent
 reconnect begin    re-register; ALWAYS exit 0 (a failure kills the domain)
 migrate begin,     print the XML with our channel paths re-allocated for this
 restore begin      host, or nothing when nothing changes
 =================  ==========================================================
+
+With the qemu driver a ``<source mode='connect'>`` channel is never ours:
+QEMU is its client, so it is not claimed, touched or re-allocated.
 
 What libvirt does with the exit status (FACTS 1): non-zero at prepare, start
 or started aborts the start and libvirt shows our one stderr line; at stopped
