@@ -272,3 +272,15 @@ def test_canonical_uuid_agrees_with_the_uuid_module_for_every_spelling(
 ) -> None:
     text = {"lower": str(value), "upper": str(value).upper(), "nodash": value.hex}[spelling]
     assert canonical_uuid(text) == str(value)
+
+
+def test_directories_in_a_root_that_is_not_ours_are_used_as_they_are(tmp_path: Path) -> None:
+    root = tmp_path / "libvirt-channel"
+    shared = root / "target"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)  # libxl's own channel directory is 0777 by design
+    make_dirs_nofollow(str(shared), str(root), trust_existing=True)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(PathNotAllowed):
+        make_dirs_nofollow(str(root / "link" / "x"), str(root), trust_existing=True)

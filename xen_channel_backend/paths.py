@@ -183,7 +183,8 @@ def check_explicit_path(
 
 
 def make_dirs_nofollow(
-    path: str, root: str, *, mode: int = 0o750, gid: int | None = None
+    path: str, root: str, *, mode: int = 0o750, gid: int | None = None,
+    trust_existing: bool = False,
 ) -> list[str]:
     """Create ``path`` (a directory at or below ``root``) without following symlinks.
 
@@ -208,6 +209,12 @@ def make_dirs_nofollow(
       and group ``gid``, since we own it.  A leftover 0777 socket directory
       is the weakness libvirt's libxl channel directory has (issue 3): anyone
       could unlink QEMU's socket and bind their own in its place.
+
+    ``trust_existing=True`` skips those owner and mode rules for directories
+    that already exist (symlinks are still never followed): for an allowed
+    root that is not ours, such as libvirt's own channel directories, whose
+    owners (libvirt-qemu) and modes (0777 for libxl's) are libvirt's design
+    and must not be changed under other domains.
     """
     if not is_within(path, (root,)):
         raise PathNotAllowed(None, path, f"is not inside {root}")
@@ -242,6 +249,8 @@ def make_dirs_nofollow(
             info = os.fstat(fd)
             if not stat.S_ISDIR(info.st_mode):  # pragma: no cover - O_DIRECTORY
                 raise PathNotAllowed(None, current, "is not a directory")
+            if trust_existing and not made:
+                continue
             if info.st_uid != euid:
                 # Even one we just made: someone swapped it in between.
                 raise PathNotAllowed(
