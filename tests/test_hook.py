@@ -374,6 +374,17 @@ def test_release_removes_a_listening_brokers_socket_in_our_directory(host: HookH
         assert not os.path.exists(host.domain_dir(uuid))
 
 
+def test_prepare_leaves_a_shared_directory_of_another_root_as_it_is(host: HookHost) -> None:
+    # Like libvirt's 0777 libxl channel directory: not ours to repair.
+    shared = os.path.join(host.extra_root, "target")
+    os.makedirs(shared)
+    os.chmod(shared, 0o777)
+    xml = domain_xml("shared", new_uuid(),
+                     [channel_xml("unix", "xen", "a.0", os.path.join(shared, "a.0"))])
+    assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o777
+
+
 def test_release_without_prepare_is_fine(host: HookHost) -> None:
     assert call(host, "libxl", "release", "end", xen_domain(host, new_uuid(), "a.0")) == (0, "", "")
 

@@ -112,7 +112,7 @@ def test_xls_character_rules_apply_to_xen_channels_only() -> None:
     path = "/var/lib/libvirt/qemu/channel/target/domain-1-a=b,c/org.qemu.guest_agent.0"
     virtio = Channel("org.qemu.guest_agent.0", Connection.SOCKET, path, target=Target.VIRTIO)
     assert virtio.path == path
-    with pytest.raises(InvalidSocketPath, match="xl.cfg cannot express"):
+    with pytest.raises(InvalidSocketPath, match=r"xl\.cfg cannot express"):
         Channel("org.qemu.guest_agent.0", Connection.SOCKET, path)
-    with pytest.raises(InvalidSocketPath, match="'..'"):
+    with pytest.raises(InvalidSocketPath, match=r"'\.\.'"):
         Channel("a.b", Connection.SOCKET, "/a/../b", target=Target.VIRTIO)

@@ -357,7 +357,10 @@ def _prepare_socket_dir(
     assert channel.path is not None
     directory = os.path.dirname(channel.path)
     root = _root_of(settings, channel.path)
-    made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid)
+    # Below our own run directory every directory must be ours (owner, mode);
+    # another allowed root (libvirt's channel directories) keeps its layout.
+    made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid,
+                              trust_existing=root != settings.rundir)
     created.extend(made)
     ours = set(made)
     if directory == domain_socket_dir(settings, uuid):
