@@ -494,10 +494,52 @@ def lookup_user(fs: RootFS, user: str) -> PasswdEntry:
     )
 
 
+def _check_named_entries(
+    value: object,
+    item: str,
+    key: str,
+    name_problem: Callable[[object], str | None],
+    entry_problems: Callable[[Mapping[str, object]], list[str]],
+    build: Callable[[Mapping[str, object]], object],
+) -> tuple[list[Item], list[Problem]]:
+    """Check a list of objects each named by ``key`` (a user, an interface).
+
+    Every entry is checked by the protocol's own rules, each name may occur
+    once, and a valid entry becomes the Item ``<item>/<name>``; an entry
+    whose name is itself invalid is reported by its index instead.
+    """
+    if not isinstance(value, list):
+        return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
+    items: list[Item] = []
+    problems: list[Problem] = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            problems.append(Problem(f"{item}[{index}]", "must be an object"))
+            continue
+        name = entry.get(key)
+        where = f"{item}/{name}" if name_problem(name) is None else f"{item}[{index}]"
+        found = entry_problems(entry)
+        problems.extend(Problem(where, message) for message in found)
+        if not found:
+            items.append(Item(where, build(entry)))
+    names = (entry.get(key) for entry in value if isinstance(entry, dict))
+    problems.extend(
+        Problem(f"{item}/{name}", "is listed more than once") for name in protocol.repeated(names)
+    )
+    return items, problems
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class UserKeys:
     user: str
     lines: tuple[str, ...]
+
+
+def _user_keys(entry: Mapping[str, object]) -> UserKeys:
+    """The keys of an entry protocol.ssh_entry_problems accepted."""
+    keys = entry["keys"]
+    assert isinstance(keys, list)
+    return UserKeys(str(entry["user"]), tuple(str(key) for key in keys))
 
 
 class SshKeysApplier:
@@ -510,27 +552,10 @@ class SshKeysApplier:
     """
 
     def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
-        if not isinstance(value, list):
-            return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
-        items: list[Item] = []
-        problems: list[Problem] = []
-        for index, entry in enumerate(value):
-            if not isinstance(entry, dict):
-                problems.append(Problem(f"{item}[{index}]", "must be an object"))
-                continue
-            user = entry.get("user")
-            valid_user = protocol.user_problem(user) is None
-            where = f"{item}/{user}" if valid_user else f"{item}[{index}]"
-            found = protocol.ssh_entry_problems(entry)
-            problems.extend(Problem(where, message) for message in found)
-            if not found:
-                items.append(Item(where, UserKeys(str(user), tuple(map(str, entry["keys"])))))
-        users = (entry.get("user") for entry in value if isinstance(entry, dict))
-        problems.extend(
-            Problem(f"{item}/{user}", "is listed more than once")
-            for user in protocol.repeated(users)
+        return _check_named_entries(
+            value, item, "user", protocol.user_problem, protocol.ssh_entry_problems,
+            _user_keys,
         )
-        return items, problems
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         assert isinstance(item.value, UserKeys)
@@ -661,29 +686,10 @@ class AddressesApplier:
     """
 
     def check(self, value: object, item: str) -> tuple[list[Item], list[Problem]]:
-        if not isinstance(value, list):
-            return [], [Problem(item, f"must be a list, not {type(value).__name__}")]
-        items: list[Item] = []
-        problems: list[Problem] = []
-        for index, entry in enumerate(value):
-            if not isinstance(entry, dict):
-                problems.append(Problem(f"{item}[{index}]", "must be an object"))
-                continue
-            interface = entry.get("interface")
-            valid_name = protocol.interface_problem(interface) is None
-            where = f"{item}/{interface}" if valid_name else f"{item}[{index}]"
-            found = protocol.address_entry_problems(entry)
-            problems.extend(Problem(where, message) for message in found)
-            if not found:
-                items.append(Item(where, _interface_config(entry)))
-        interfaces = (entry.get("interface") for entry in value if isinstance(entry, dict))
-        problems.extend(
-            Problem(f"{item}/{name}", "is listed more than once")
-            for name in protocol.repeated(interfaces)
+        return _check_named_entries(
+            value, item, "interface", protocol.interface_problem,
+            protocol.address_entry_problems, _interface_config,
         )
-        if problems:
-            return [], problems
-        return items, []
 
     def apply(self, item: Item, ctx: ApplyContext) -> ItemResult:
         config = item.value
