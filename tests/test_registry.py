@@ -410,3 +410,12 @@ def test_scan_reports_a_corrupt_record_without_hiding_the_others(tmp_path: Path)
     assert [p.path for p in problems] == [str(Path(reg.records_dir) / f"{UUID_B}.json")]
     with pytest.raises(RegistryError):
         reg.list()
+
+
+def test_a_record_missing_a_key_names_the_key(tmp_path: Path) -> None:
+    reg = Registry(str(tmp_path))
+    reg.put(record(UUID_A, "vm1"))
+    path = Path(reg.records_dir) / f"{UUID_A}.json"
+    path.write_text(f'{{"version": 1, "uuid": "{UUID_A}", "name": "vm1"}}')
+    with pytest.raises(RegistryError, match="missing key 'channels'"):
+        reg.get(UUID_A)

@@ -413,7 +413,9 @@ class Registry:
             return None
         try:
             record = DomainRecord.from_json(data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except KeyError as exc:
+            raise RegistryError(path, f"corrupt record: missing key {exc}") from None
+        except (ValueError, TypeError) as exc:
             raise RegistryError(path, f"corrupt record: {exc}") from None
         if record.uuid != uuid:
             raise RegistryError(path, f"record holds UUID {record.uuid}, not {uuid}")
