@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import stat
 from collections.abc import Callable
 
@@ -85,6 +84,11 @@ def probe(path: str) -> str:
 
 
 def _connect_probe(path: str) -> str:
+    # Imported here, not at the top: the socket module builds its enums at
+    # import (~9 ms), and a prepare meets an existing socket file only after
+    # a crash.
+    import socket
+
     probe_socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         code = probe_socket.connect_ex(path)
