@@ -19,28 +19,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from waiting import WAIT, wait_for
+
 from xen_channel_backend.model import Connection, Target
 from xen_channel_backend.protocol import FrameError, FrameSplitter, encode, parse_frame
 from xen_channel_backend.registry import RUNNING, ChannelRecord, DomainRecord, Registry
-
-WAIT = 15.0  # generous deadline for conditions that normally hold in milliseconds
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def domain_dir(rundir: Path, uuid: str) -> Path:

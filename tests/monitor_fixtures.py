@@ -11,13 +11,13 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import libvirt
 import pytest
+from waiting import wait_for
 
 from xen_channel_backend import metadata
 from xen_channel_backend.domxml import parse_domain, serialize
@@ -52,12 +52,8 @@ def conn_fixture() -> Iterator[Any]:
 
 
 def wait_until(predicate: Callable[[], object], what: str, limit: float = 20.0) -> None:
-    """Poll ``predicate`` until true; fail (not time: a hang guard) after ``limit`` s."""
-    end = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.02)
+    """waiting.wait_for with the monitor's hang guard (it reconnects with backoff)."""
+    wait_for(predicate, what, timeout=limit)
 
 
 def domain_name(tag: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from backend_standin import BackendStandin
+from waiting import WAIT, wait_for
 
 from xen_channel_backend import guest_agent, protocol
 from xen_channel_backend.appliers import ApplyContext, default_registry
@@ -30,7 +31,6 @@ from xen_channel_backend.guest_agent import GuestAgent, PathWaiter, main, open_c
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "guest" / "xen-channel-guest"
 CHANNEL = "org.example.agent.0"
-WAIT = 15.0  # deadline for things that normally take milliseconds
 ALLOWED_OWN_MODULES = {
     "xen_channel_backend",
     "xen_channel_backend.guest_agent",
@@ -41,17 +41,6 @@ ALLOWED_OWN_MODULES = {
     "xen_channel_backend.atomic",
 }
 NONCE = "0123456789abcdef0123456789abcdef"
-
-
-def wait_for(condition: Any, what: str, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 # --- stdlib only --------------------------------------------------------------

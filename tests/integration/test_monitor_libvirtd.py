@@ -18,13 +18,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from libvirtd import Libvirtd, new_domain_name, running_libvirtd, skip_reason, tcg_domain_xml
+from waiting import wait_for
 
 from xen_channel_backend import install, metadata
 from xen_channel_backend.cli import main as cli_main
@@ -39,12 +39,9 @@ PTY_CHANNEL = "<channel type='pty'><target type='virtio' name='org.example.conso
 WAIT = 60.0
 
 
-def wait_until(predicate: Callable[[], object], what: str, limit: float = WAIT) -> None:
-    end = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.05)
+def wait_until(predicate: Callable[[], object], what: str) -> None:
+    """waiting.wait_for with a real daemon's hang guard (first start probes QEMU)."""
+    wait_for(predicate, what, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")
