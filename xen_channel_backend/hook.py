@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -270,7 +269,6 @@ def prepare(call: HookCall) -> int:
     domain = call.scan()
     uuid, name = call.identity(domain)
     settings = call.settings()
-    _check_rundir(settings)
     sockets = [c for c in domain.channels if c.connection is Connection.SOCKET and c.path]
     for channel in sockets:
         assert channel.path is not None
@@ -307,18 +305,6 @@ def prepare(call: HookCall) -> int:
             registry.claim_paths(previous)
         raise
     return 0
-
-
-def _check_rundir(settings: Settings) -> None:
-    # make_dirs_nofollow trusts the run directory itself; a symlink there would
-    # send every domain's sockets wherever it points, so refuse it.
-    try:
-        info = os.lstat(settings.rundir)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        raise PathNotAllowed(None, settings.rundir,
-                             "(the run directory) is not a plain directory (a symlink?)")
 
 
 def _group_id(settings: Settings) -> int | None:
