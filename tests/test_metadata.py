@@ -243,6 +243,8 @@ def test_unknown_attributes_are_ignored_for_forward_compatibility() -> None:
 @pytest.mark.parametrize("text", [
     "", "not xml", "<channels>", "<other/>", '<x:channels xmlns:x="urn:other"/>',
     '<!DOCTYPE channels [<!ENTITY a "b">]><channels>&a;</channels>',
+    '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE channels [<!ENTITY a "b">]>'
+    '<channels>&a;</channels>'.encode("utf-16"),
     "<channels>" + "<channel name='a' connection='pty' target='xen'/>" * 2 + "</channels>",
     b"<channels>\xff</channels>",
 ])

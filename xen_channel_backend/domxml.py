@@ -12,7 +12,7 @@ lxml is imported lazily: the hook's fast path must not pay for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from .errors import UnsupportedChannel, XmlInputError
@@ -60,26 +60,43 @@ def _child(element: etree._Element, tag: str) -> etree._Element | None:
     return None
 
 
-def parse_domain(data: bytes, source: str) -> etree._ElementTree:
-    """Parse untrusted domain XML; raise XmlInputError naming ``source``."""
+def parse_untrusted(
+    data: bytes, fail: Callable[[str, int | None], Exception]
+) -> etree._ElementTree:
+    """The one locked-down lxml parse for XML from outside (files, libvirt, metadata).
+
+    ``fail(detail, line)`` builds the caller's error.  No DTD, no network,
+    and any DOCTYPE/ENTITY is refused: first by a byte check before parsing
+    (even unexpanded, an internal subset can declare entity bombs, and
+    libvirt never emits one), then on the parsed document, because the byte
+    check cannot see a DOCTYPE in UTF-16/32 (or EBCDIC) and libxml2 expands
+    internal entities even with resolve_entities=False.
+    """
     from lxml import etree
 
-    if len(data) > MAX_DOMAIN_XML:
-        raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
-    # Refuse before parsing: even unexpanded, an internal subset can declare
-    # entity bombs, and libvirt never emits a DOCTYPE.
+    refused = "DOCTYPE/ENTITY declarations are not allowed"
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
+        raise fail(refused, None)
     try:
         tree = etree.ElementTree(etree.fromstring(data, _parser()))
     except etree.XMLSyntaxError as exc:
-        line = exc.lineno if exc.lineno else None
-        raise XmlInputError(source, f"malformed XML: {exc.msg}", line) from None
-    # The byte check above cannot see a DOCTYPE in UTF-16/32 (or EBCDIC), and
-    # libxml2 expands internal entities even with resolve_entities=False, so
-    # ask the parsed document too, before anyone reads a value from it.
+        raise fail(f"malformed XML: {exc.msg}", exc.lineno or None) from None
     if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
-        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
+        raise fail(refused, None)
+    return tree
+
+
+def parse_domain(data: bytes, source: str) -> etree._ElementTree:
+    """Parse untrusted domain XML; raise XmlInputError naming ``source``."""
+    if len(data) > MAX_DOMAIN_XML:
+        raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
+
+    def fail(detail: str, line: int | None) -> XmlInputError:
+        if detail.startswith("DOCTYPE"):
+            detail += " in domain XML"
+        return XmlInputError(source, detail, line)
+
+    tree = parse_untrusted(data, fail)
     root = tree.getroot()
     if root.tag != "domain":
         raise XmlInputError(source, f"root element is <{root.tag}>, expected <domain>")
