@@ -43,7 +43,6 @@ import ipaddress
 import logging
 import os
 import re
-import secrets
 import shutil
 import socket
 import stat
@@ -53,6 +52,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from . import protocol
+from .atomic import replace_at
 from .errors import XenChannelError, shown
 
 log = logging.getLogger(__name__)
@@ -330,12 +330,11 @@ def read_at(dir_fd: int, name: str, limit: int) -> tuple[bytes, os.stat_result] 
 def write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: Owner | None = None) -> bool:
     """Atomically make ``name`` in ``dir_fd`` hold ``data``; False if nothing changed.
 
-    Like :func:`atomic.atomic_write` (temporary file, fsync, rename, fsync of
-    the directory), but relative to a directory fd: the directory may belong
-    to the user whose keys we write, and a path would let that user swap
-    ``~/.ssh`` for a symlink between our check and our rename.  Mode and
-    owner are set on the temporary file, so the file is never visible with
-    the wrong ones.  A symlink at ``name`` is replaced, never followed.
+    :func:`atomic.replace_at` does the write, relative to a directory fd: the
+    directory may belong to the user whose keys we write, and a path would
+    let that user swap ``~/.ssh`` for a symlink between our check and our
+    rename.  Mode and owner are set before the file is visible, and a symlink
+    at ``name`` is replaced, never followed.
     """
     found = read_at(dir_fd, name, len(data))
     if found is not None:
@@ -346,27 +345,7 @@ def write_at(dir_fd: int, name: str, data: bytes, mode: int, owner: Owner | None
             and (owner is None or (info.st_uid, info.st_gid) == (owner.uid, owner.gid))
         ):
             return False
-    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o600,
-        dir_fd=dir_fd,
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if owner is not None:
-                os.fchown(handle.fileno(), owner.uid, owner.gid)
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.fsync(dir_fd)
+    replace_at(dir_fd, name, data, mode, (owner.uid, owner.gid) if owner else None)
     return True
 
 

@@ -23,7 +23,6 @@ def atomic_write(
     """
     target = os.fspath(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    directory = os.path.dirname(os.path.abspath(target))
     owner: tuple[int, int] | None = None
     if mode is None:
         mode = 0o644
@@ -34,40 +33,63 @@ def atomic_write(
         else:
             if stat.S_ISREG(info.st_mode):
                 mode = stat.S_IMODE(info.st_mode)
-                owner = (info.st_uid, info.st_gid)
-    fd, tmp = _create_temporary(directory)
+                if os.geteuid() == 0:
+                    owner = (info.st_uid, info.st_gid)
+    directory, name = os.path.split(os.path.abspath(target))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        replace_at(dir_fd, name, payload, mode, owner)
+    finally:
+        os.close(dir_fd)
+
+
+def replace_at(
+    dir_fd: int, name: str, data: bytes, mode: int, owner: tuple[int, int] | None = None
+) -> None:
+    """Make ``name`` in the directory ``dir_fd`` hold ``data``, atomically and durably.
+
+    The core of every state write: a new temporary file beside the target
+    (O_EXCL|O_NOFOLLOW, so never a planted file or a symlink), its mode and
+    owner set before it becomes visible, fsync, rename over ``name`` (a
+    symlink there is replaced, never followed), fsync of the directory.
+    Working relative to ``dir_fd`` lets a caller that opened the directory
+    without following symlinks (the guest's appliers) keep that guarantee.
+    """
+    fd, tmp = _create_temporary(dir_fd)
+    try:
+        # Written through the descriptor O_EXCL made, never reopened by name:
+        # whoever may write the directory could swap the name meanwhile.
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            handle.write(data)
             handle.flush()
-            if owner is not None and os.geteuid() == 0:
+            if owner is not None:
                 os.fchown(handle.fileno(), *owner)
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
-    fsync_directory(directory)
+    os.fsync(dir_fd)
 
 
-def _create_temporary(directory: str) -> tuple[int, str]:
-    """Create a new ``.<random>.tmp`` file in ``directory``, as mkstemp would.
+def _create_temporary(dir_fd: int) -> tuple[int, str]:
+    """Create a new, empty ``.<random>.tmp`` file in ``dir_fd``; return (fd, name).
 
     Not tempfile.mkstemp: importing tempfile (shutil, random, ...) costs the
     libvirt hook more than the write itself.  O_EXCL and O_NOFOLLOW give the
     same guarantees: a fresh file of ours, never a planted one or a symlink.
     """
     for _attempt in range(100):
-        path = os.path.join(directory, f".{os.urandom(6).hex()}.tmp")
+        name = f".{os.urandom(6).hex()}.tmp"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         except FileExistsError:
             continue
-        return fd, path
-    raise FileExistsError(f"no free temporary name in {directory}")
+        return fd, name
+    raise FileExistsError("no free temporary name")
 
 
 def fsync_directory(directory: str) -> None:
