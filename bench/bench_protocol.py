@@ -56,7 +56,7 @@ while True:
     os.write(fd, data)
 """
 
-_AGENT = "import sys; from xen_channel_backend.guest_agent import main; sys.exit(main())"
+_AGENT = "import sys; from xen_channel_backend.guest.agent import main; sys.exit(main())"
 
 
 def timed(action: Callable[[], object], rounds: int) -> list[float]:

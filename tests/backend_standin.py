@@ -27,7 +27,7 @@ Modelled, because the dom0 client and the broker depend on it:
 Not modelled: the ring's small size (the pty buffers more), event channels
 and xenstore (``device/console/N``), QEMU's telnet/TLS/reconnect options,
 and hvc's tty defaults (the slave is put in raw mode here; a real guest
-agent must do that itself - see guest_agent.py).
+agent must do that itself - see xen_channel_backend/guest/agent.py).
 
 Run ``python tests/backend_standin.py SOCKET_PATH`` to keep one alive for
 a demo; it prints the guest tty path and serves until SIGINT/SIGTERM.

@@ -599,7 +599,7 @@ def test_send_to_the_real_guest_agent(
         [
             sys.executable,
             "-c",
-            "import sys; from xen_channel_backend.guest_agent import main; sys.exit(main())",
+            "import sys; from xen_channel_backend.guest.agent import main; sys.exit(main())",
             "--channel", CHANNEL, "--root", str(root), "--devdir", str(devdir), "--once",
         ],
         stderr=subprocess.PIPE,

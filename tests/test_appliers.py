@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from xen_channel_backend import appliers
-from xen_channel_backend.appliers import (
+from xen_channel_backend.guest import appliers
+from xen_channel_backend.guest.appliers import (
     APPLIED,
     FAILED,
     UNCHANGED,

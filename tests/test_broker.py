@@ -427,7 +427,7 @@ def test_xen_channel_send_through_the_broker_to_the_real_guest_agent(
     root.mkdir()
     os.symlink(vm.qemu[CHANNEL].guest_tty, devdir / CHANNEL)
     agent = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from xen_channel_backend.guest_agent import main; "
+        [sys.executable, "-c", "import sys; from xen_channel_backend.guest.agent import main; "
          "sys.exit(main())", "--channel", CHANNEL, "--root", str(root), "--devdir", str(devdir)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

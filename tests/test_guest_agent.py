@@ -24,21 +24,20 @@ import pytest
 from backend_standin import BackendStandin
 from waiting import WAIT, wait_for
 
-from xen_channel_backend import guest_agent, protocol
-from xen_channel_backend.appliers import ApplyContext, default_registry
-from xen_channel_backend.guest_agent import GuestAgent, PathWaiter, main, open_channel
+from xen_channel_backend import protocol
+from xen_channel_backend.guest import GUEST_FILES
+from xen_channel_backend.guest import agent as guest_agent
+from xen_channel_backend.guest.agent import GuestAgent, PathWaiter, main, open_channel
+from xen_channel_backend.guest.appliers import ApplyContext, default_registry
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO / "guest" / "xen-channel-guest"
 CHANNEL = "org.example.agent.0"
+#: The guest's own closure, as the guest package ships it (GUEST_FILES).
 ALLOWED_OWN_MODULES = {
-    "xen_channel_backend",
-    "xen_channel_backend.guest_agent",
-    "xen_channel_backend.appliers",
-    "xen_channel_backend.protocol",
-    "xen_channel_backend.errors",
-    "xen_channel_backend.model",
-    "xen_channel_backend.atomic",
+    file.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    for file in GUEST_FILES
+    if not file.endswith("__main__.py")
 }
 NONCE = "0123456789abcdef0123456789abcdef"
 
@@ -48,19 +47,19 @@ NONCE = "0123456789abcdef0123456789abcdef"
 
 def _imports_of(path: Path) -> set[str]:
     """Every module a file imports, at top level or inside functions."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level and node.module:  # from .protocol import x
-                found.add(f"xen_channel_backend.{node.module}")
-            elif node.level:  # from . import protocol, __version__
-                package = REPO / "xen_channel_backend"
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            if node.level and node.module:  # from ..protocol import x
+                found.add(f"{base}.{node.module}")
+            elif node.level:  # from .. import protocol, __version__
+                directory = REPO.joinpath(*base.split("."))
                 found.update(
-                    f"xen_channel_backend.{a.name}"
-                    if (package / f"{a.name}.py").exists()
-                    else "xen_channel_backend"
+                    f"{base}.{a.name}" if (directory / f"{a.name}.py").exists() else base
                     for a in node.names
                 )
             else:
@@ -75,7 +74,7 @@ def _is_allowed(module: str) -> bool:
     return top in sys.stdlib_module_names
 
 
-@pytest.mark.parametrize("name", ["guest_agent.py", "appliers.py"])
+@pytest.mark.parametrize("name", ["guest/agent.py", "guest/appliers.py", "guest/__init__.py"])
 def test_source_imports_only_stdlib(name: str) -> None:
     """Lazy imports inside functions count too: a guest has no lxml or libvirt."""
     imports = _imports_of(REPO / "xen_channel_backend" / name)
@@ -91,8 +90,9 @@ def test_loaded_modules_only_stdlib(tmp_path: Path) -> None:
     script = f"""
 import json, sys
 sys.path.insert(0, {str(REPO)!r})
-from xen_channel_backend import guest_agent, protocol
-from xen_channel_backend.appliers import ApplyContext, default_registry
+from xen_channel_backend import protocol
+from xen_channel_backend.guest import agent as guest_agent
+from xen_channel_backend.guest.appliers import ApplyContext, default_registry
 agent = guest_agent.GuestAgent(default_registry(), ApplyContext(root=sys.argv[1]))
 agent.handle({{"type": "hello", "versions": [1], "nonce": "{NONCE}"}})
 agent.handle({{"type": "config", "id": "1", "payload": {{"hostname": "vm1",
@@ -111,6 +111,29 @@ print(json.dumps(sorted(sys.modules)))
     assert own <= ALLOWED_OWN_MODULES, own - ALLOWED_OWN_MODULES
     assert [m for m in loaded if m != "__main__" and not _is_allowed(m)] == []
     assert "lxml" not in loaded and "libvirt" not in loaded
+
+
+def test_guest_files_install_and_run_alone(tmp_path: Path) -> None:
+    """The guest package's files, copied alone into an empty tree, are a
+    working agent: nothing of the dom0 side is needed, nor site-packages."""
+    for file in GUEST_FILES:
+        target = tmp_path / file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / file, target)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import runpy, sys; sys.path.insert(0, sys.argv[1]); "
+         "sys.argv[1:] = ['--help']; runpy.run_module('xen_channel_backend.guest', "
+         "run_name='__main__')", str(tmp_path)], capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--channel" in done.stdout
+    extra = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import xen_channel_backend.guest.agent; "
+         "print(sorted(m for m in sys.modules if m.startswith('xen_channel_backend')))",
+         str(tmp_path)], capture_output=True, text=True, check=True,
+    )
+    assert set(eval(extra.stdout)) <= ALLOWED_OWN_MODULES
 
 
 # --- protocol answers (sans-IO) ------------------------------------------------

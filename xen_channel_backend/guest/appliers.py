@@ -51,9 +51,9 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from . import protocol
-from .atomic import replace_at
-from .errors import XenChannelError, shown
+from .. import protocol
+from ..atomic import replace_at
+from ..errors import XenChannelError, shown
 
 log = logging.getLogger(__name__)
 

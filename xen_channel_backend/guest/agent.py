@@ -30,10 +30,10 @@ import tty
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
-from . import __version__, protocol
+from .. import __version__, protocol
+from ..errors import InvalidChannelName, InvalidMessage, UsageError, XenChannelError, shown
+from ..model import validate_name
 from .appliers import ApplyContext, ConfigOutcome, Registry, default_registry
-from .errors import InvalidChannelName, InvalidMessage, UsageError, XenChannelError, shown
-from .model import validate_name
 
 log = logging.getLogger(__name__)
 
