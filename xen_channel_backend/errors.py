@@ -367,3 +367,15 @@ class UnsafeRegistryDir(RegistryError):
 
     def message(self) -> str:
         return f"{self.role} {self.path} {self.detail}"
+
+
+class UntrustedPath(XenChannelError):
+    """A path that someone other than its rightful owner could change (trust.py)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def message(self) -> str:
+        return f"{shown(self.path)} {self.reason}; only root may be able to change it"
