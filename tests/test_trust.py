@@ -37,7 +37,9 @@ def test_the_sticky_tmp_is_accepted(tree: Path) -> None:
     check_trusted_path(str(tree))
 
 
-@pytest.mark.parametrize("mode, who", [(0o775, "group"), (0o757, "others"), (0o777, "group and others")])
+@pytest.mark.parametrize(
+    "mode, who", [(0o775, "group"), (0o757, "others"), (0o777, "group and others")]
+)
 def test_a_writable_directory_above_is_named(tree: Path, mode: int, who: str) -> None:
     (tree / "lib").chmod(mode)
     with pytest.raises(UntrustedPath) as caught:
