@@ -11,6 +11,9 @@ file, and is ready once ``virsh -c qemu:///system version`` answers.
 Only one system libvirtd can run on a host, so every user of this module is
 serialised by an ``flock`` on :data:`LOCK_PATH`, held from :meth:`start` to
 :meth:`stop` (a second test process waits; it never starts a second daemon).
+The two namespaced daemons of ``two_daemons.py`` (migration tests) share
+nothing with the system daemon and do not take this lock; they reuse
+:data:`QEMU_CONF_TEXT`, :func:`tcg_domain_xml` and the account set-up here.
 
 API (for tests under tests/integration/)::
 
