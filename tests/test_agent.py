@@ -679,3 +679,30 @@ def test_send_through_the_real_broker_beside_another_consumer(
         assert qemu.connections == 1  # only the broker ever connected to QEMU
     finally:
         broker.stop()
+
+
+# --- guest text on the admin's terminal (issue 9) ------------------------------------
+
+#: ESC sequences that would clear the screen, set the title and write the
+#: clipboard (OSC 52), a C1 CSI, a forged second line and a bidi override.
+HOSTILE_DETAIL = "\x1b[2J\x1b]0;owned\x07\x1b]52;c;ZXZpbA==\x07\x9b31m\u2028forged\u202egnp"
+
+
+def test_send_escapes_the_guests_text_in_its_table(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    def hostile(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] != "config":
+            return well_behaved(message)
+        results = [{"item": "hostname", "status": "applied", "detail": HOSTILE_DETAIL}]
+        return [protocol.encode(protocol.ack(message["id"], results=results))]
+
+    rundir, qemu = registered
+    with guest(qemu, hostile):
+        code, out, err = send(rundir, config={"hostname": "vm1"})
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "ITEM      STATUS       DETAIL",
+        "hostname  applied      \\x1b[2J\\x1b]0;owned\\x07\\x1b]52;c;ZXZpbA==\\x07\\x9b31m"
+        "\\u2028forged\\u202egnp",
+    ]

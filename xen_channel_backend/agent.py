@@ -35,6 +35,7 @@ from .errors import (
     UnknownDomain,
     UnsupportedChannel,
     XenChannelError,
+    escaped,
     shown,
 )
 from .paths import broker_socket_for
@@ -251,7 +252,10 @@ class ChannelClient:
             capabilities=tuple(reply["capabilities"]),
         )
         self._synced = True
-        log.debug("%s: handshake done with %s %s", self.label, self.agent.name, self.agent.version)
+        log.debug(
+            "%s: handshake done with %s %s",
+            self.label, shown(self.agent.name), shown(self.agent.version),
+        )
         return self.agent
 
     def send_config(self, payload: Mapping[str, Any], timeout: float) -> AckResult:
@@ -473,12 +477,22 @@ def _print_results(results: list[dict[str, Any]], streams: Streams) -> None:
     if not results:
         streams.stdout.write("(no items)\n")
         return
-    width = max(4, *(len(str(r.get("item"))) for r in results))
+    # Guest-supplied text: escaped, so it can neither redraw the terminal
+    # (ESC, OSC 52) nor fake a row (newlines, bidi overrides).
+    rows = [
+        tuple(escaped(str(r.get(key, ""))) for key in ("item", "status", "detail"))
+        for r in results
+    ]
+    width = max(4, *(len(item) for item, _status, _detail in rows))
     streams.stdout.write(f"{'ITEM':<{width}}  {'STATUS':<11}  DETAIL\n")
-    for r in results:
-        # Guest-supplied text: keep it on one line.
-        detail = str(r.get("detail", "")).replace("\n", " ").replace("\r", " ")
-        streams.stdout.write(f"{r.get('item')!s:<{width}}  {r.get('status')!s:<11}  {detail}\n")
+    for item, status, detail in rows:
+        streams.stdout.write(f"{item:<{width}}  {status:<11}  {detail}\n")
+
+
+def _print_json(document: dict[str, Any], streams: Streams) -> None:
+    # json escapes every control character but DEL; guest text may hold one.
+    text = json.dumps(document, indent=2).replace("\x7f", "\\u007f")
+    streams.stdout.write(text + "\n")
 
 
 def run_send(args: argparse.Namespace, streams: Streams) -> int:
@@ -515,12 +529,7 @@ def run_send(args: argparse.Namespace, streams: Streams) -> int:
             result = client.send_config(payload, args.timeout)
     except ConfigRefused as exc:
         if args.json:
-            json.dump(
-                {"status": exc.status, "error": exc.error, "results": exc.results},
-                streams.stdout,
-                indent=2,
-            )
-            streams.stdout.write("\n")
+            _print_json({"status": exc.status, "error": exc.error, "results": exc.results}, streams)
         elif exc.results:
             _print_results(exc.results, streams)
         raise
@@ -529,8 +538,7 @@ def run_send(args: argparse.Namespace, streams: Streams) -> int:
         document = result.as_json()
         if agent is not None:
             document["agent"] = {"name": agent.name, "version": agent.version}
-        json.dump(document, streams.stdout, indent=2)
-        streams.stdout.write("\n")
+        _print_json(document, streams)
     else:
         _print_results([dataclasses.asdict(r) for r in result.results], streams)
     return 0

@@ -11,15 +11,47 @@ exits.
 from __future__ import annotations
 
 
+def escaped(text: str) -> str:
+    """Text from a guest or a file, made safe to print unquoted on one line.
+
+    The one definition of what may not reach a terminal or a log raw:
+    every character ``str.isprintable`` refuses, which is C0 and C1
+    controls (ESC, so no colour, cursor, title or OSC 52 clipboard
+    sequences), DEL, newlines and the Unicode line and paragraph
+    separators (no forged second line), every format character (the bidi
+    overrides and isolates U+202A-202E and U+2066-2069, zero-width
+    characters, soft hyphens: text that displays other than it reads),
+    surrogates (which a UTF-8 stream cannot even encode), unassigned and
+    private-use code points, and spaces other than U+0020.  Each becomes
+    the escape Python's ``repr`` uses (``\\x1b``, ``\\u202e``), and a
+    backslash becomes two, so the result reads back unambiguously.
+    Nothing is cut: :func:`shown` bounds length for messages.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text  # the common case costs one C-level scan
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+
+
 def shown(value: object) -> str:
     """Quote a value from untrusted input for a one-line message.
 
-    ``repr`` escapes newlines, control characters and quotes, so a hostile
-    name can never split an error over two lines or forge a second one.
-    Long values are cut, since a 1 MB attribute must not become a 1 MB
-    error line.
+    Strings are quoted as ``repr`` quotes them, with :func:`escaped` doing
+    the escaping, so a hostile name can never split an error over two
+    lines, forge a second one, or send escape sequences to a terminal.
+    Other values show as their ``repr`` (escaped again in case a custom
+    ``__repr__`` returns something raw).  Long values are cut, since a
+    1 MB attribute must not become a 1 MB error line.
     """
-    text = repr(value)
+    if isinstance(value, str):
+        body = escaped(value)
+        if "'" in value and '"' not in value:
+            text = f'"{body}"'
+        else:
+            text = "'" + body.replace("'", "\\'") + "'"
+    else:
+        text = repr(value)
+        if not text.isprintable():
+            text = escaped(text)
     return text if len(text) <= 120 else text[:100] + "...'" + f" ({len(str(value))} chars)"
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import InvalidMessage, shown
+from .errors import InvalidMessage, escaped, shown
 
 MAX_FRAME: Final = 1048576
 SYNC: Final = b"\xff"
@@ -222,7 +222,7 @@ class FrameDecoder:
 
 
 def _short(text: str, limit: int = 160) -> str:
-    text = text.replace("\n", " ")
+    text = escaped(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

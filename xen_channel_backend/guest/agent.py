@@ -31,7 +31,14 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
 from .. import __version__, protocol
-from ..errors import InvalidChannelName, InvalidMessage, UsageError, XenChannelError, shown
+from ..errors import (
+    InvalidChannelName,
+    InvalidMessage,
+    UsageError,
+    XenChannelError,
+    escaped,
+    shown,
+)
 from ..model import validate_name
 from .appliers import ApplyContext, ConfigOutcome, Registry, default_registry
 
@@ -296,7 +303,7 @@ class GuestAgent:
         if kind in _IGNORED_REPLIES:
             # Replies are never answered: two agents (or an echoing tty) must
             # not be able to start an endless error ping-pong.
-            log.info("ignoring a %s message: the guest sends no requests", kind)
+            log.info("ignoring a %s message: the guest sends no requests", shown(kind))
             return []
         return [protocol.error(request_id, "unknown-type", f"unknown message type {shown(kind)}")]
 
@@ -327,9 +334,16 @@ class GuestAgent:
             return protocol.error(request_id, "bad-request", "config: " + "; ".join(problems))
         outcome = self.apply(message.get("payload"))
         self.config_statuses.append(outcome.status)
-        log.info("config %s: %s, %d items", request_id, outcome.status, len(outcome.results))
+        # The id and the items come from dom0, the details partly from guest
+        # files (a home directory in /etc/passwd): all escaped for the log.
+        log.info(
+            "config %s: %s, %d items", shown(request_id), outcome.status, len(outcome.results)
+        )
         for result in outcome.results:
-            log.debug("config %s: %s %s %s", request_id, result.item, result.status, result.detail)
+            log.debug(
+                "config %s: %s %s %s",
+                shown(request_id), escaped(result.item), result.status, escaped(result.detail),
+            )
         return protocol.ack(
             request_id,
             outcome.status,

@@ -48,12 +48,13 @@ import socket
 import stat
 import struct
 import subprocess
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from .. import protocol
 from ..atomic import replace_at
-from ..errors import XenChannelError, shown
+from ..errors import XenChannelError, escaped, shown
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ def reload_networkd() -> None:
     )
     if done.returncode != 0:
         # Not fatal: the file is in place and networkd reads it on its next start.
-        log.warning("networkctl reload failed: %s", done.stderr.strip() or done.returncode)
+        log.warning(
+            "networkctl reload failed: %s", escaped(done.stderr.strip()) or done.returncode
+        )
 
 
 @dataclasses.dataclass
@@ -796,17 +799,19 @@ def _apply_one(applier: Applier | None, item: Item, ctx: ApplyContext) -> ItemRe
     try:
         return applier.apply(item, ctx)
     except ApplyFailed as exc:
-        log.warning("%s", exc)
+        log.warning("%s", escaped(str(exc)))
         return ItemResult(item.name, FAILED, exc.detail)
     except OSError as exc:
         # One item's I/O failure (a full disk, a read-only /home) must not
         # stop the others, and the host needs to know which one failed.
-        log.warning("%s: %s", item.name, exc)
+        log.warning("%s: %s", escaped(item.name), escaped(str(exc)))
         return ItemResult(item.name, FAILED, f"{exc.strerror or exc}" + _filename(exc))
     except Exception as exc:
         # A bug in one applier (a plug-in, say) must not kill the agent: the
         # guest would lose its channel until someone restarts the service.
-        log.exception("%s: applier crashed", item.name)
+        # The traceback keeps its lines; what is inside each is escaped.
+        trace = "\n".join(escaped(line) for line in traceback.format_exc().rstrip().split("\n"))
+        log.error("%s: applier crashed\n%s", escaped(item.name), trace)
         return ItemResult(item.name, FAILED, f"internal error: {type(exc).__name__}: {exc}")
 
 
