@@ -139,12 +139,10 @@ def unix(name: str, path: str | None = None, target: str = "xen") -> str:
 @pytest.mark.parametrize(
     ("xml", "fragment"),
     [
-        (domain(unix("a", "/etc/passwd")), "'/etc/passwd' is outside the allowed roots"),
         (domain(unix("a", "/run/xen-channel/../etc/passwd")), "has a '..' component"),
         (domain(unix("a", "/run/xen-channel/11111111-2222-3333-4444-555555555555/x")),
          "not in this domain's directory"),
         (domain(unix("a", "/run/xen-channel/registry/claims/x")), "not in this domain's directory"),
-        (domain(unix("a", "/var/lib/libvirt/libxl/channel")), "outside the allowed roots"),
         (domain(unix("../../etc/passwd")), "channel name '../../etc/passwd' is invalid"),
         (domain(unix("a&#10;b")), "channel name 'a\\nb' is invalid"),
         (domain(unix("a") + unix("a")), "is also the path of channel 'a'"),

@@ -181,15 +181,49 @@ def test_qemu_connect_mode_channel_is_not_ours(host: HookHost) -> None:
     assert not os.path.lexists(server_path)
 
 
-def test_prepare_refuses_etc_passwd(host: HookHost) -> None:
+def test_a_path_outside_the_roots_is_not_ours(host: HookHost, tmp_path: Path) -> None:
+    """The rule: a domain that starts without our hooks starts with them.  A
+    channel outside every allowed root is recorded and claimed, nothing more:
+    no directory is made, nothing there is removed, nothing is refused."""
     uuid = new_uuid()
+    app = tmp_path / "myapp"  # does not exist: we must not create it
+    taken = tmp_path / "taken"
+    taken.write_text("not a socket")
     before = os.stat("/etc/passwd")
-    xml = domain_xml("evil", uuid, [channel_xml("unix", "xen", "org.a.0", "/etc/passwd")])
-    code, out, err = call(host, "libxl", "prepare", "begin", xml, domain="evil")
-    assert code == 1 and out == ""
-    assert "'/etc/passwd' is outside the allowed roots" in err and err.count("\n") == 1
+    xml = domain_xml("foreign", uuid, [
+        channel_xml("unix", "xen", "org.a.0", "/etc/passwd"),
+        channel_xml("unix", "xen", "org.b.0", f"{app}/agent.sock"),
+        channel_xml("unix", "xen", "org.c.0", str(taken)),
+    ])
+    for op, subop in (("prepare", "begin"), ("start", "begin"), ("started", "begin")):
+        assert call(host, "libxl", op, subop, xml, domain="foreign") == (0, "", "")
     assert os.stat("/etc/passwd") == before
+    assert not app.exists() and taken.read_text() == "not a socket"
+    found = record(host, uuid)
+    assert found is not None
+    assert [c["path"] for c in found["channels"]] == [
+        "/etc/passwd", f"{app}/agent.sock", str(taken)]
+    assert not any(c["created_dir"] for c in found["channels"])
+    for op, subop in (("stopped", "end"), ("release", "end")):
+        assert call(host, "libxl", op, subop, xml, domain="foreign") == (0, "", "")
+    assert os.stat("/etc/passwd") == before and taken.read_text() == "not a socket"
     assert record(host, uuid) is None
+
+
+def test_two_running_domains_on_one_foreign_path_are_refused(
+    host: HookHost, tmp_path: Path
+) -> None:
+    """The one exception to the rule: QEMU would unlink and steal the other's socket."""
+    path = f"{tmp_path}/shared.sock"
+    first, second = new_uuid(), new_uuid()
+    assert call(host, "qemu", "prepare", "begin", domain_xml(
+        "vm-first", first, [channel_xml("unix", "virtio", "org.a.0", path)]))[0] == 0
+    code, _, err = call(host, "qemu", "prepare", "begin", domain_xml(
+        "vm-second", second, [channel_xml("unix", "virtio", "org.a.0", path)]),
+        domain="vm-second")
+    assert code == 1 and err.count("\n") == 1
+    assert "vm-first" in err and "vm-second" in err
+    assert record(host, second) is None
 
 
 def test_prepare_refuses_another_domains_directory(host: HookHost) -> None:

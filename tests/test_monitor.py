@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import libvirt
@@ -187,6 +188,29 @@ def test_a_corrupt_record_does_not_stop_reconcile(
     assert report.removed == [stale]
     assert os.path.exists(corrupt)  # not ours to judge: left for the admin, and logged
     assert any("corrupt record" in r.getMessage() for r in caplog.records)
+
+
+def test_reconcile_releases_old_orphan_claims_only(settings: Settings) -> None:
+    """Claims of a prepare that died before writing its record block the path
+    for every other domain; the reconcile collects them once they are old
+    (a prepare under way holds claims without a record for a moment)."""
+    registry = Registry(settings.rundir)
+    dead, young = "5a1c0000-0000-4000-8000-0000000000f1", "5a1c0000-0000-4000-8000-0000000000f2"
+    for uuid in (dead, young):
+        registry.claim_paths(DomainRecord(uuid, "half-started", "test", "preparing", (
+            ChannelRecord.from_channel(socket_channel(settings, uuid)),)))
+    owned = os.path.join(registry.base, "owned", f"{dead}.json")
+    old = time.time() - 3600
+    os.utime(owned, (old, old))
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        report = monitor.reconcile()
+    finally:
+        monitor.close()
+    assert report.orphans == [dead]
+    assert registry.claim_owner(socket_channel(settings, dead).path or "") is None
+    assert registry.claim_owner(socket_channel(settings, young).path or "") == young
 
 
 def test_remove_domain_files_leaves_non_sockets(settings: Settings) -> None:

@@ -23,10 +23,11 @@ from xen_channel_backend.paths import (
     HASH_MARK,
     MAX_RUNDIR,
     canonical_uuid,
-    check_explicit_path,
     domain_socket_dir,
+    is_ours,
     is_within,
     make_dirs_nofollow,
+    open_dir_nofollow,
     socket_path,
 )
 from xen_channel_backend.settings import Settings
@@ -157,19 +158,33 @@ def test_is_within(path: str, roots: list[str], strict: bool, expected: bool) ->
     assert is_within(path, roots, strict=strict) is expected
 
 
-def test_explicit_path_checks() -> None:
-    own = f"/run/xen-channel/{UUID}/custom"
-    check_explicit_path(DEFAULT, UUID, "c", own)
-    check_explicit_path(DEFAULT, UUID, "c", "/var/lib/libvirt/qemu/channel/target/x.sock")
-    with pytest.raises(PathNotAllowed, match="outside the allowed roots"):
-        check_explicit_path(DEFAULT, UUID, "c", "/etc/passwd")
-    with pytest.raises(PathNotAllowed, match="outside the allowed roots"):
-        check_explicit_path(DEFAULT, UUID, "c", "/var/lib/libvirt/qemu/channel")
+def test_is_ours_decides_which_explicit_paths_we_manage() -> None:
+    assert is_ours(DEFAULT, UUID, "c", f"/run/xen-channel/{UUID}/custom")
+    assert is_ours(DEFAULT, UUID, "c", "/var/lib/libvirt/qemu/channel/target/x.sock")
+    # Outside every root: not ours, and not refused (the hooks leave it alone).
+    assert not is_ours(DEFAULT, UUID, "c", "/var/lib/myapp/agent.sock")
+    assert not is_ours(DEFAULT, UUID, "c", "/etc/passwd")
+    assert not is_ours(DEFAULT, UUID, "c", "/var/lib/libvirt/qemu/channel")  # a root itself
     other = "0" * 8 + UUID[8:]
     with pytest.raises(PathNotAllowed, match="not in this domain's directory"):
-        check_explicit_path(DEFAULT, UUID, "c", f"/run/xen-channel/{other}/stolen")
+        is_ours(DEFAULT, UUID, "c", f"/run/xen-channel/{other}/stolen")
     with pytest.raises(PathNotAllowed, match="not in this domain's directory"):
-        check_explicit_path(DEFAULT, UUID, "c", "/run/xen-channel/registry/claims/x")
+        is_ours(DEFAULT, UUID, "c", "/run/xen-channel/registry/claims/x")
+
+
+def test_open_dir_nofollow_refuses_a_symlinked_middle_directory(tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    (root / UUID / "sub").mkdir(parents=True)
+    fd = open_dir_nofollow(str(root / UUID / "sub"), str(root))
+    os.close(fd)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (root / UUID).rename(tmp_path / "moved")
+    (root / UUID).symlink_to(outside)
+    with pytest.raises(PathNotAllowed, match="not a plain directory"):
+        open_dir_nofollow(str(root / UUID / "sub"), str(root))
+    with pytest.raises(FileNotFoundError):
+        open_dir_nofollow(str(root / "missing" / "sub"), str(root))
 
 
 def test_make_dirs_nofollow_creates_with_mode_and_reports(tmp_path: Path) -> None:

@@ -10,10 +10,13 @@ libxl invents a name-keyed path with no length check (FACTS §2).
   pick a random one at define time that our paths could not know.
 * Every Xen unix channel without a path gets ``paths.socket_path`` (with
   ``--all-targets``, virtio unix channels too); pty channels are left alone.
-* Explicit paths are kept but must pass the model's rules and
-  ``paths.check_explicit_path`` (an allowed root; inside the run directory,
-  this domain's own directory), so ``path='/etc/passwd'`` is refused here,
-  long before a hook would refuse it.
+* Explicit paths are kept.  They must pass the model's rules, and
+  ``paths.is_ours`` decides, as the hooks do, whether one is ours (inside an
+  allowed root) or only recorded (anywhere else); a path in the run
+  directory outside this domain's own directory is refused here, as the
+  prepare hook would refuse it.
+* A domain with more than ``registry.MAX_CHANNELS`` channels is refused, as
+  the prepare hook refuses it.
 * Our ``<xcb:channels>`` metadata is written into the persistent definition.
 
 ``define`` then hands the result to libvirt-python.  This is the only place
@@ -28,7 +31,6 @@ import dataclasses
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import domxml
@@ -42,15 +44,13 @@ from .errors import (
     XmlInputError,
 )
 from .model import Channel, Connection, Target
-from .paths import canonical_uuid, check_explicit_path, socket_path
+from .paths import canonical_uuid, is_ours, socket_path
 from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from lxml import etree
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URI = "xen:///system"
 
 
 @dataclasses.dataclass
@@ -94,7 +94,7 @@ def fill_domain(
                 channel = channel.with_path(path)
             else:
                 path = channel.path
-                check_explicit_path(settings, uuid, channel.name, path)
+                is_ours(settings, uuid, channel.name, path)  # refuses another domain's
             key = os.path.normpath(path)
             if key in users:
                 # QEMU unlinks whatever is at its path before binding (FACTS §2):
@@ -104,6 +104,9 @@ def fill_domain(
                 )
             users[key] = channel.label
         channels.append(channel)
+    from .hook import check_channel_count
+
+    check_channel_count(len(channels), f"{source}: the domain")
     discarded = set_domain_metadata(root, channels)
     return Filled(tree, uuid, channels, discarded)
 
@@ -149,47 +152,27 @@ def run_fill(args: argparse.Namespace, streams: Streams) -> int:
     return 0
 
 
-def libvirt_uri(requested: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """``--connect``, else ``$LIBVIRT_DEFAULT_URI``, else xen:///system."""
-    return requested or environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
-
-
 def define_xml(conn: Any, xml: str, uri: str) -> Any:
     """Define ``xml`` on an open libvirt connection; return the virDomain."""
-    import libvirt
+    from .libvirtconn import libvirt_module, one_line
 
+    libvirt = libvirt_module(uri)
     try:
         return conn.defineXML(xml)
     except libvirt.libvirtError as exc:
-        raise LibvirtUnavailable(uri, f"cannot define the domain: {_one_line(exc)}") from None
-
-
-def open_libvirt(uri: str) -> Any:
-    """Open a read-write libvirt connection, or raise a one-line LibvirtUnavailable."""
-    try:
-        import libvirt
-    except ImportError:
-        raise LibvirtUnavailable(
-            uri, "libvirt-python is not installed (pip install 'xen-channel-backend[libvirt]')"
-        ) from None
-    # libvirt-python prints every error to stderr by default; ours is one line.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        return libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise LibvirtUnavailable(uri, f"cannot connect: {_one_line(exc)}") from None
-
-
-def _one_line(exc: Exception) -> str:
-    text = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
-    return " ".join(str(text or exc).split())
+        raise LibvirtUnavailable(uri, f"cannot define the domain: {one_line(exc)}") from None
 
 
 def run_define(args: argparse.Namespace, streams: Streams) -> int:
     """``xen-channel define``: fill the domain, then define it through libvirt."""
     filled = _filled(args, streams)
-    uri = libvirt_uri(args.connect)
-    conn = open_libvirt(uri)
+    from .libvirtconn import open_connection, uri_of
+
+    # No --connect: None, so libvirt resolves its own default URI
+    # ($LIBVIRT_DEFAULT_URI, uri_default in libvirt.conf, else probing);
+    # messages name the URI it actually connected to.
+    conn = open_connection(args.connect)
+    uri = uri_of(conn, args.connect)
     try:
         domain = define_xml(conn, domxml.serialize(filled.tree), uri)
         name = domain.name()

@@ -44,7 +44,14 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from .errors import PathNotAllowed, SettingsError, XenChannelError, XmlInputError, shown
+from .errors import (
+    PathNotAllowed,
+    SettingsError,
+    UnsupportedChannel,
+    XenChannelError,
+    XmlInputError,
+    shown,
+)
 from .model import Channel, Connection, Target
 from .translate import connection_from_xml
 
@@ -257,54 +264,68 @@ def _record(
 
 
 def prepare(call: HookCall) -> int:
-    """Validate, claim, create directories, clear stale sockets, record ``preparing``.
+    """Claim, create directories, clear stale sockets, record ``preparing``.
 
-    The claim comes before any filesystem change: when two domains race for
-    one path, the loser must not delete the winner's socket (QEMU unlinks
-    whatever sits at its path before binding, FACTS 2).
+    Only paths that are ours (paths.is_ours: inside an allowed root) get a
+    directory and a stale-socket check; any other path is recorded and
+    claimed, nothing more, so a domain that starts without our hooks starts
+    with them.  The claim comes before any filesystem change: when two
+    domains race for one path, the loser must not delete the winner's
+    socket (QEMU unlinks whatever sits at its path before binding).  Any
+    failure, a full disk included, undoes what this call claimed and made.
     """
-    from .paths import check_explicit_path
+    from .paths import is_ours
     from .registry import PREPARING, ChannelRecord
 
     domain = call.scan()
     uuid, name = call.identity(domain)
+    check_channel_count(len(domain.channels), f"domain {shown(name)}")
     settings = call.settings()
-    sockets = [c for c in domain.channels if c.connection is Connection.SOCKET and c.path]
-    for channel in sockets:
-        assert channel.path is not None
-        check_explicit_path(settings, uuid, channel.name, channel.path)
+    ours = [
+        c for c in domain.channels
+        if c.connection is Connection.SOCKET and c.path
+        and is_ours(settings, uuid, c.name, c.path)
+    ]
     registry = call.registry()
     previous = registry.by_uuid(uuid)
-    record = _record(call, uuid, name, PREPARING,
-                     [ChannelRecord.from_channel(c) for c in domain.channels])
-    registry.claim_paths(record)
     created: list[str] = []
     try:
+        registry.claim_paths(
+            _record(call, uuid, name, PREPARING,
+                    [ChannelRecord.from_channel(c) for c in domain.channels]))
         gid = _group_id(settings)
         made_dirs: set[str] = set()
-        for channel in sockets:
-            assert channel.path is not None
+        for channel in ours:
             made_dirs.update(_prepare_socket_dir(settings, uuid, channel, gid, created))
         channels = [
             ChannelRecord.from_channel(
-                c, created_dir=c.path is not None and c.connection is Connection.SOCKET
-                and os.path.dirname(c.path) in made_dirs,
-            )
+                c, created_dir=c in ours and os.path.dirname(c.path or "") in made_dirs)
             for c in domain.channels
         ]
         registry.put(_record(call, uuid, name, PREPARING, channels))
     except BaseException:
         # Undo exactly this call: its directories, and its claims (back to
-        # what the domain held before, or none).
+        # what the domain held before, or none).  remove() only unlinks, so
+        # it works on a full disk too.
         for directory in reversed(created):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
-        if previous is None:
-            registry.remove(uuid)
-        else:
-            registry.claim_paths(previous)
+        with contextlib.suppress(XenChannelError, OSError):
+            if previous is None:
+                registry.remove(uuid)
+            else:
+                registry.claim_paths(previous)
         raise
     return 0
+
+
+def check_channel_count(count: int, who: str) -> None:
+    """Refuse more channels than a registry record can hold (registry.MAX_CHANNELS)."""
+    from .registry import MAX_CHANNELS
+
+    if count > MAX_CHANNELS:
+        raise UnsupportedChannel(
+            None, f"{who} has {count} channels, over the limit of {MAX_CHANNELS} per domain")
 
 
 def _group_id(settings: Settings) -> int | None:
@@ -320,15 +341,6 @@ def _group_id(settings: Settings) -> int | None:
         raise SettingsError("group", f"group {shown(settings.group)} does not exist") from None
 
 
-def _root_of(settings: Settings, path: str) -> str:
-    from .paths import is_within
-
-    roots = [r for r in settings.allowed_roots if is_within(path, (r,), strict=True)]
-    if not roots:  # pragma: no cover - check_explicit_path ran first
-        raise PathNotAllowed(None, path, "is outside the allowed roots")
-    return max(roots, key=len)
-
-
 def _prepare_socket_dir(
     settings: Settings, uuid: str, channel: Channel, gid: int | None, created: list[str]
 ) -> set[str]:
@@ -338,11 +350,11 @@ def _prepare_socket_dir(
     now, and the domain's own directory under the run directory (named by its
     UUID, it belongs to no one else, so a leftover from a crash is ours too).
     """
-    from .paths import domain_socket_dir, make_dirs_nofollow
+    from .paths import domain_socket_dir, make_dirs_nofollow, root_of
 
     assert channel.path is not None
     directory = os.path.dirname(channel.path)
-    root = _root_of(settings, channel.path)
+    root = root_of(settings, channel.path)
     # Below our own run directory every directory must be ours (owner, mode);
     # another allowed root (libvirt's channel directories) keeps its layout.
     made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid,
@@ -351,11 +363,11 @@ def _prepare_socket_dir(
     ours = set(made)
     if directory == domain_socket_dir(settings, uuid):
         ours.add(directory)
-    _clear_stale_socket(channel.label, channel.path)
+    _clear_stale_socket(channel.label, channel.path, root)
     return ours & {directory}
 
 
-def _clear_stale_socket(label: str, path: str) -> None:
+def _clear_stale_socket(label: str, path: str, root: str) -> None:
     """Unlink a stale socket at ``path``; anything else there fails the prepare.
 
     QEMU unlinks whatever sits at its path before binding (FACTS 2), so a
@@ -365,7 +377,7 @@ def _clear_stale_socket(label: str, path: str) -> None:
     from .sockets import Occupied, remove_stale
 
     try:
-        remove_stale(path)
+        remove_stale(path, root=root)
     except Occupied as exc:
         reason = exc.reason
         if exc.kind == Occupied.OTHER:
@@ -384,6 +396,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
 
     domain = call.scan()
     uuid, name = call.identity(domain)
+    check_channel_count(len(domain.channels), f"domain {shown(name)}")
     registry = call.registry()
     previous = registry.by_uuid(uuid)
     ours = {c.path for c in previous.channels if c.created_dir} if previous else set()
@@ -439,9 +452,11 @@ def release(call: HookCall) -> int:
     uuid, _name = call.identity(domain)
     registry = call.registry()
     record = registry.by_uuid(uuid)
-    if record is None:
-        return 0
-    remove_domain_files(call.settings(), registry, record, call.warn)
+    if record is not None:
+        remove_domain_files(call.settings(), registry, record, call.warn)
+    # Even without a record: a prepare that failed before writing one may
+    # have left claims (registry.remove releases them), and libvirt calls
+    # release after every failed start.
     registry.remove(uuid)
     return 0
 

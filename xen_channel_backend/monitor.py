@@ -118,6 +118,11 @@ def _quiet_libvirt_errors() -> None:
     libvirt.registerErrorHandler(ignore, None)
 
 
+#: Seconds a domain's claims may stand without its record before the
+#: reconcile takes them for a dead prepare's (a live one takes milliseconds).
+ORPHAN_AGE = 60.0
+
+
 @dataclasses.dataclass
 class ReconcileReport:
     """What one reconcile pass did (for logs, tests and the benchmark)."""
@@ -126,6 +131,7 @@ class ReconcileReport:
     records: int = 0
     removed: list[str] = dataclasses.field(default_factory=list)
     synced: list[str] = dataclasses.field(default_factory=list)
+    orphans: list[str] = dataclasses.field(default_factory=list)
 
 
 class Monitor:
@@ -394,12 +400,35 @@ class Monitor:
                 report.synced.append(uuid)
             if self._connection_lost:
                 return report
-        if report.removed:
+        self._collect_orphan_claims(domains, report)
+        if report.removed or report.orphans:
             log.info(
-                "reconciled %d domains with %d records: removed %d stale",
-                report.domains, report.records, len(report.removed),
+                "reconciled %d domains with %d records: removed %d stale, "
+                "released the claims of %d without a record",
+                report.domains, report.records, len(report.removed), len(report.orphans),
             )
         return report
+
+    def _collect_orphan_claims(self, domains: dict[str, Any], report: ReconcileReport) -> None:
+        """Release claims left by a prepare that died before writing its record.
+
+        libvirt's release hook frees them after a failed start, but a hook
+        killed outright, or a daemon that died in between, leaves them to
+        block the path for every other domain.  A prepare under way holds
+        claims without a record for a moment, so only claims older than
+        ORPHAN_AGE whose domain libvirt does not run are collected.
+        """
+        try:
+            orphans = self.registry.orphan_claims()
+        except XenChannelError as exc:
+            log.warning("orphan claims: %s", exc.message())
+            return
+        for uuid, age in orphans:
+            domain = domains.get(uuid)
+            if age < ORPHAN_AGE or (domain is not None and domain.ID() != -1):
+                continue
+            if self.registry.release_orphan(uuid):
+                report.orphans.append(uuid)
 
     def _list_records(self) -> list[DomainRecord]:
         """Every readable record; a corrupt one is logged and skipped, not fatal."""

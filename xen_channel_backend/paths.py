@@ -29,10 +29,11 @@ Why this shape:
 * The run directory must leave room for the shortest leaf (17 bytes), so it is
   at most :data:`MAX_RUNDIR` (52) bytes; a longer one is an error naming it.
 
-Explicit (hand-typed) paths are not rewritten but must lie strictly inside an
-allowed root and, inside the run directory, inside the domain's own directory
-(:func:`check_explicit_path`).  Those checks are lexical; symlinks are dealt
-with where directories are created (:func:`make_dirs_nofollow`).
+Explicit (hand-typed) paths are not rewritten.  :func:`is_ours` decides
+whether one is ours to manage (inside an allowed root) or only recorded (any
+other path); inside the run directory it must lie in the domain's own
+directory.  Those checks are lexical; symlinks are dealt with where
+directories are opened (:func:`make_dirs_nofollow`, :func:`open_dir_nofollow`).
 """
 
 from __future__ import annotations
@@ -160,19 +161,23 @@ def is_within(path: str, roots: Iterable[str], *, strict: bool = False) -> bool:
     return False
 
 
-def check_explicit_path(
-    settings: Settings, uuid: str, channel_name: str | None, path: str
-) -> None:
-    """Raise PathNotAllowed unless an explicit socket path may be managed.
+def is_ours(settings: Settings, uuid: str, channel_name: str | None, path: str) -> bool:
+    """Whether a socket path is ours to manage: the one answer for hooks, fill and release.
 
-    The path (already valid by model.validate_path) must lie strictly below an
-    allowed root.  Below the run directory it must also lie in this domain's
-    own directory: the rest of the run directory belongs to other domains and
-    to the registry.
+    * Strictly inside an allowed root: ours (its directory is created, a
+      stale socket there cleared, and both removed at release).  Inside the
+      run directory that means inside this domain's own ``RUNDIR/<uuid>``;
+      a path elsewhere in the run directory belongs to another domain or to
+      the registry and raises PathNotAllowed.
+    * Anywhere else: not ours.  A domain that starts without our hooks must
+      start with them, so such a path is never created, removed or refused;
+      it is only recorded, and claimed, because two running domains on one
+      path would silently steal each other's socket (QEMU unlinks whatever
+      sits at its path before binding).
+
+    The path is already valid by model.validate_path; this check is lexical
+    (symlinks are dealt with where directories are opened, with O_NOFOLLOW).
     """
-    if not is_within(path, settings.allowed_roots, strict=True):
-        roots = ":".join(settings.allowed_roots)
-        raise PathNotAllowed(channel_name, path, f"is outside the allowed roots ({roots})")
     if is_within(path, (settings.rundir,)):
         own = domain_socket_dir(settings, uuid)
         if not is_within(path, (own,), strict=True):
@@ -180,6 +185,54 @@ def check_explicit_path(
                 channel_name, path,
                 f"is inside the run directory but not in this domain's directory {own}",
             )
+        return True
+    return is_within(path, settings.allowed_roots, strict=True)
+
+
+def root_of(settings: Settings, path: str) -> str:
+    """The innermost allowed root strictly containing ``path`` (which must be ours)."""
+    roots = [r for r in settings.allowed_roots if is_within(path, (r,), strict=True)]
+    if not roots:
+        raise PathNotAllowed(None, path, "is outside the allowed roots")
+    return max(roots, key=len)
+
+
+def open_dir_nofollow(path: str, root: str) -> int:
+    """Open directory ``path`` (at or below ``root``) without following any symlink below root.
+
+    Walks from ``root`` (trusted: it comes from the settings) one component
+    at a time with O_NOFOLLOW|O_DIRECTORY relative to the parent's
+    descriptor, so a directory swapped for a symlink anywhere below the root
+    raises PathNotAllowed instead of leading outside it.  Returns a
+    descriptor the caller closes; FileNotFoundError if a component is gone.
+    """
+    if not is_within(path, (root,)):
+        raise PathNotAllowed(None, path, f"is not inside {root}")
+    relative = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    parts = [] if relative == "." else relative.split("/")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    current = os.path.normpath(root)
+    try:
+        for part in parts:
+            current = f"{current.rstrip('/')}/{part}"
+            try:
+                child = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                # ELOOP: a symlink; ENOTDIR: a file.  Both refused, never followed.
+                raise PathNotAllowed(
+                    None, current, f"is not a plain directory ({exc.strerror})"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def make_dirs_nofollow(

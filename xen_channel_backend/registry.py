@@ -56,7 +56,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from .atomic import atomic_write, fsync_directory
 from .errors import InvalidUUID, PathConflict, RegistryError, UnsafeRegistryDir, shown
@@ -75,6 +75,14 @@ STATES = (PREPARING, RUNNING, STOPPED)
 FORMAT_VERSION = 1
 #: A record is a few hundred bytes; anything this big is not ours.
 MAX_RECORD_BYTES = 1024 * 1024
+#: The most channels a domain may have.  The writer and the reader must
+#: agree: the largest record this allows (every name 100 characters, every
+#: path 107 bytes of characters JSON escapes as \uXXXX) stays well under
+#: MAX_RECORD_BYTES (tests/test_registry.py builds it), and the prepare hook
+#: and ``fill`` refuse a domain beyond it, so no record is ever written that
+#: ``list`` and the hooks could not read back.  A Linux guest sees at most
+#: seven Xen channels anyway (hvc1-hvc7).
+MAX_CHANNELS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,11 +293,21 @@ class Registry:
     # --- writing ----------------------------------------------------------------
 
     def put(self, record: DomainRecord) -> None:
-        """Write ``record`` atomically (replacing any older one) and index its name."""
+        """Write ``record`` atomically (replacing any older one) and index its name.
+
+        A record the readers would refuse (over MAX_RECORD_BYTES) is refused
+        here instead, so one oversized domain can never make ``list`` fail
+        for every other.
+        """
+        text = record.to_json()
+        if len(text.encode("utf-8")) > MAX_RECORD_BYTES:
+            raise RegistryError(self._record_path(record.uuid),
+                                f"record of domain {shown(record.name)} would be over 1 MiB "
+                                f"({len(record.channels)} channels)")
         self._ensure_dirs()
         with self._locked(record.uuid):
             old = self._read_record(record.uuid)
-            atomic_write(self._record_path(record.uuid), record.to_json())
+            atomic_write(self._record_path(record.uuid), text)
             if old is not None and old.name != record.name:
                 self._unindex(old.name, record.uuid)
             self._index(record.name, record.uuid)
@@ -353,6 +371,44 @@ class Registry:
         self._ensure_dirs()
         with self._locked(uuid):
             self._release_locked(uuid)
+
+    def orphan_claims(self) -> builtins.list[tuple[str, float]]:
+        """(UUID, age in seconds) of every domain holding claims but no record.
+
+        A prepare writes its claims a moment before its record, so a young
+        orphan may be a prepare under way: callers collect only old ones
+        whose domain libvirt does not run (the monitor's reconcile).
+        """
+        self._check_dirs(self._owned_dir, self.records_dir)
+        try:
+            entries = os.listdir(self._owned_dir)
+        except FileNotFoundError:
+            return []
+        import time
+
+        now = time.time()
+        orphans = []
+        for entry in entries:
+            if entry.startswith(".") or not entry.endswith(".json"):
+                continue
+            try:
+                uuid = canonical_uuid(entry[: -len(".json")])
+                age = now - os.lstat(os.path.join(self._owned_dir, entry)).st_mtime
+            except (InvalidUUID, FileNotFoundError):
+                continue
+            if not os.path.lexists(self._record_path(uuid)):
+                orphans.append((uuid, age))
+        return sorted(orphans)
+
+    def release_orphan(self, uuid: str) -> bool:
+        """Release ``uuid``'s claims if it still has no record; True if it did."""
+        uuid = canonical_uuid(uuid)
+        self._ensure_dirs()
+        with self._locked(uuid):
+            if os.path.lexists(self._record_path(uuid)):
+                return False
+            self._release_locked(uuid)
+            return True
 
     def claim_owner(self, path: str) -> str | None:
         """The UUID holding a claim on ``path``, or None."""
@@ -422,12 +478,20 @@ class Registry:
         return record
 
     def _read_small(self, path: str) -> bytes | None:
+        # O_NONBLOCK: opening a FIFO planted here must not hang the hooks
+        # (and with them libvirtd); the type check then refuses it.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise RegistryError(path, f"cannot read: {exc.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            from .sockets import file_kind
+
+            raise RegistryError(path, f"is a {file_kind(mode)}, not a regular file")
         with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_RECORD_BYTES + 1)
         if len(data) > MAX_RECORD_BYTES:
@@ -578,8 +642,3 @@ class Registry:
         if self._index_lookup(name) == uuid:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._name_link(name))
-
-
-def registered_channels(channels: Iterable[Channel]) -> tuple[ChannelRecord, ...]:
-    """ChannelRecords for ``channels`` (none of whose directories we created)."""
-    return tuple(ChannelRecord.from_channel(c) for c in channels)

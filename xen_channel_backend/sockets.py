@@ -20,6 +20,8 @@ import os
 import stat
 from collections.abc import Callable
 
+from .errors import XenChannelError
+
 # Not typing.TYPE_CHECKING: importing typing costs every hook call.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -104,25 +106,26 @@ def _connect_probe(path: str) -> str:
     raise Occupied(Occupied.UNPROBED, f"is a socket that cannot be probed ({detail})", detail)
 
 
-def remove_stale(path: str, *, even_live: bool = False) -> bool:
+def remove_stale(path: str, *, even_live: bool = False, root: str | None = None) -> bool:
     """Unlink ``path`` if it is a stale socket; True if one was removed.
 
     Raises :class:`Occupied` for anything else there (nothing is removed);
     ``even_live`` also removes a socket somebody listens on (only for a
     socket that can be nobody's but ours).
-    The unlink works relative to the parent opened with O_NOFOLLOW and the
-    entry is lstat'ed again through it, so neither a symlinked directory nor
-    a symlink at the path itself is followed.
+
+    Nothing on the way is followed: with ``root`` (an allowed root holding
+    ``path``) the parent directory is reached by walking down from the root
+    with O_NOFOLLOW at every component (paths.open_dir_nofollow), so a
+    middle directory swapped for a symlink while the domain ran cannot send
+    root's unlink elsewhere; without it only the parent itself is opened
+    with O_NOFOLLOW.  The entry is lstat'ed, probed and unlinked through
+    that descriptor.
     """
+    leaf = os.path.basename(path)
     try:
-        parent = os.open(os.path.dirname(path) or ".",
-                         os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        parent = _open_parent(path, root)
     except FileNotFoundError:
         return False
-    except OSError as exc:
-        raise Occupied(Occupied.PARENT, "has a parent that is not a plain directory "
-                       f"({exc.strerror})") from None
-    leaf = os.path.basename(path)
     try:
         try:
             info = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
@@ -131,7 +134,7 @@ def remove_stale(path: str, *, even_live: bool = False) -> bool:
         if not stat.S_ISSOCK(info.st_mode):
             raise Occupied(Occupied.OTHER, f"is taken by a {file_kind(info.st_mode)}")
         try:
-            if _connect_probe(path) == ABSENT:
+            if _connect_probe(_through(parent, leaf, path)) == ABSENT:
                 return False
         except Occupied as exc:
             if not (even_live and exc.kind == Occupied.LIVE):
@@ -141,6 +144,36 @@ def remove_stale(path: str, *, even_live: bool = False) -> bool:
         return True
     finally:
         os.close(parent)
+
+
+def _open_parent(path: str, root: str | None) -> int:
+    """A descriptor of ``path``'s directory, opened without following symlinks."""
+    from .paths import open_dir_nofollow
+
+    directory = os.path.dirname(path) or "."
+    try:
+        if root is not None:
+            return open_dir_nofollow(directory, root)
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except XenChannelError as exc:
+        raise Occupied(Occupied.PARENT, "has a parent that is not a plain directory "
+                       f"({exc.message()})") from None
+    except OSError as exc:
+        raise Occupied(Occupied.PARENT, "has a parent that is not a plain directory "
+                       f"({exc.strerror})") from None
+
+
+def _through(parent: int, leaf: str, path: str) -> str:
+    """Name ``leaf`` through the descriptor ``parent`` for connect(), which takes no dir_fd.
+
+    /proc/self/fd/N is the directory that was opened, whatever has been
+    renamed or swapped since; the plain path is the fallback only when the
+    /proc name would not fit in sun_path.
+    """
+    through = f"/proc/self/fd/{parent}/{leaf}"
+    return through if len(through.encode("utf-8", "surrogateescape")) <= 107 else path
 
 
 def remove_domain_files(
@@ -160,24 +193,25 @@ def remove_domain_files(
     """
     from .errors import XenChannelError, shown
     from .model import Connection
-    from .paths import broker_socket_for, domain_socket_dir, is_within
+    from .paths import broker_socket_for, domain_socket_dir, is_within, root_of
 
     label = f"domain {shown(record.name)}"
     own_dir = domain_socket_dir(settings, record.uuid)
     removed: list[str] = []
-    directories: list[str] = []
+    directories: list[tuple[str, str]] = []
     for channel in record.channels:
         path = channel.path
         if channel.connection is not Connection.SOCKET or not path:
             continue
         if not is_within(path, settings.allowed_roots, strict=True):
-            continue  # the record is ours, but must never lead us outside the roots
+            continue  # not ours (paths.is_ours): recorded, never removed
+        root = root_of(settings, path)
         if registry.claim_owner(path) not in (None, record.uuid):
             warn(f"{label}: left {shown(path)} alone: its path is claimed by another domain")
             continue
         directory = os.path.dirname(path)
         our_directory = channel.created_dir or directory == own_dir
-        if _remove_reporting(path, label, warn):
+        if _remove_reporting(path, root, label, warn):
             removed.append(path)
         try:
             broker = broker_socket_for(path)
@@ -187,24 +221,24 @@ def remove_domain_files(
         # in a directory we made, no one else can have put a socket by that
         # name, and it would keep the directory alive.
         if (broker is not None and registry.claim_owner(broker) in (None, record.uuid)
-                and _remove_reporting(broker, label, warn, even_live=our_directory)):
+                and _remove_reporting(broker, root, label, warn, even_live=our_directory)):
             removed.append(broker)
         if our_directory:
-            directories.append(directory)
-    directories.append(own_dir)  # named by the UUID: nobody else's (as at prepare)
-    for directory in dict.fromkeys(directories):
-        if _rmdir_reporting(directory, label, warn):
+            directories.append((directory, root))
+    directories.append((own_dir, settings.rundir))  # named by the UUID: nobody else's
+    for directory, root in dict.fromkeys(directories):
+        if _rmdir_reporting(directory, root, label, warn):
             removed.append(directory)
     return removed
 
 
 def _remove_reporting(
-    path: str, label: str, warn: Callable[[str], None], *, even_live: bool = False
+    path: str, root: str, label: str, warn: Callable[[str], None], *, even_live: bool = False
 ) -> bool:
     from .errors import shown
 
     try:
-        return remove_stale(path, even_live=even_live)
+        return remove_stale(path, even_live=even_live, root=root)
     except Occupied as exc:
         warn(f"{label}: left {shown(path)} in place: it {exc.reason}")
     except OSError as exc:
@@ -212,21 +246,38 @@ def _remove_reporting(
     return False
 
 
-def _rmdir_reporting(directory: str, label: str, warn: Callable[[str], None]) -> bool:
+def _rmdir_reporting(
+    directory: str, root: str, label: str, warn: Callable[[str], None]
+) -> bool:
+    """Remove an empty ``directory`` through its parent, reached from ``root`` without symlinks."""
     from .errors import shown
 
+    if os.path.normpath(directory) == os.path.normpath(root):
+        return False  # an allowed root itself is configuration, never ours to remove
+    leaf = os.path.basename(directory)
     try:
-        info = os.lstat(directory)
+        parent = _open_parent(directory, root)
     except FileNotFoundError:
         return False
-    if not stat.S_ISDIR(info.st_mode):
-        warn(f"{label}: left {shown(directory)} in place: it is a {file_kind(info.st_mode)}")
+    except Occupied as exc:
+        warn(f"{label}: left {shown(directory)} in place: it {exc.reason}")
         return False
     try:
-        os.rmdir(directory)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        warn(f"{label}: left {shown(directory)} in place: {exc.strerror or exc}")
-        return False
-    return True
+        try:
+            info = os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(info.st_mode):
+            warn(f"{label}: left {shown(directory)} in place: it is a "
+                 f"{file_kind(info.st_mode)}")
+            return False
+        try:
+            os.rmdir(leaf, dir_fd=parent)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            warn(f"{label}: left {shown(directory)} in place: {exc.strerror or exc}")
+            return False
+        return True
+    finally:
+        os.close(parent)
