@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from convert_cases import into_cfg_outputs
+from convert_cases import EXAMPLES, convert, into_cfg_outputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_translate_properties import cfg_spellings
@@ -73,6 +73,40 @@ def test_xl_accepts_every_cfg_we_produce_with_our_channels(name: str, tmp_path: 
     assert result.rc == 0, result.stderr
     assert [simplify(c) for c in result.channels] == ours(cfg)
     assert result.channels, "every example has Xen channels"
+
+
+#: Bytes that xl's lexer drops without a word when they are a file's very last byte.
+STRAY_LAST_BYTES = ["\r", "(", '"', "\\", "#", "A"]
+
+#: Base files around a stray last byte: no channel setting (ours is appended),
+#: one (replaced in place), one that goes away (the domain has no Xen channel).
+STRAY_BASES = {
+    "appended-after-newline": ("extra = 1\n", "xen-pv-guest.xml"),
+    "appended-after-value": ("extra = 1", "xen-pv-guest.xml"),
+    "appended-after-spaces": ("extra = 1\n  \t", "xen-pv-guest.xml"),
+    "replaced": ('channel = [ "connection=pty,name=old.0" ]\n', "xen-pv-guest.xml"),
+    "removed": ('channel = [ "connection=pty,name=old.0" ]', "kvm-guest-agent.xml"),
+}
+
+
+@pytest.mark.parametrize("stray", STRAY_LAST_BYTES, ids=repr)
+@pytest.mark.parametrize("base", sorted(STRAY_BASES))
+def test_into_keeps_a_file_xl_accepts_when_it_ends_in_a_stray_byte(
+    base: str, stray: str, tmp_path: Path
+) -> None:
+    # Issue 9 defect 7: appending `channel = [...]` after a stray last byte
+    # made it no longer last, and xl refused the output.
+    body, domain = STRAY_BASES[base]
+    cfg = tmp_path / "base.cfg"
+    cfg.write_bytes((PREFIX + body + stray).encode())
+    assert dry_run(cfg.read_bytes(), tmp_path, "input.cfg").rc == 0, "xl must accept the input"
+    result = convert("--to", "xl", EXAMPLES / domain, "--into", cfg)
+    assert result.code == 0, result.err
+    xl = dry_run(result.out, tmp_path, "output.cfg")
+    assert xl.rc == 0, (result.out, xl.stderr)
+    assert [simplify(c) for c in xl.channels] == ours(result.out)
+    # Only our setting changed: every other byte of the input is still there.
+    assert result.out.startswith(PREFIX) and result.out.endswith(stray)
 
 
 # --- 3. bad input: xl refuses => we refuse ------------------------------------------

@@ -93,6 +93,8 @@ class XlConfig:
     settings: tuple[Setting, ...]
     #: What xl sees for each name: the last assignment plus any ``+=`` after it.
     values: dict[str, XlValue] = dataclasses.field(default_factory=dict, compare=False)
+    #: Where xl's input ends: before a stray last byte that its lexer drops.
+    end: int = -1
 
     def value(self, name: str) -> XlValue | None:
         """The value xl sees for ``name``: the last assignment plus any ``+=`` after it."""
@@ -159,6 +161,8 @@ class _Lexer:
     def __init__(self, text: str, source: str) -> None:
         self.text = text
         self.source = source
+        #: Where a stray last byte that xl drops starts (else the text's length).
+        self.stray = len(text)
 
     def error(self, line: int, detail: str) -> XlConfigError:
         return XlConfigError(self.source, detail, line)
@@ -178,6 +182,7 @@ class _Lexer:
                     # matches something after the bad byte; a bad last byte
                     # (a stray '#', '(' or '\r' at EOF) is dropped without a
                     # word, and xl accepts the file.
+                    self.stray = pos
                     break
                 raise self.error(line, self._lexical_error(pos))
             kind = match.lastgroup or ""
@@ -373,10 +378,11 @@ def parse_config(data: bytes | str, source: str) -> XlConfig:
         # libxlu hands strings to C as NUL-terminated: a NUL truncates or crashes.
         line = text.count("\n", 0, text.index("\0")) + 1
         raise XlConfigError(source, "NUL byte in the file", line)
-    tokens = _Lexer(text, source).tokens()
+    lexer = _Lexer(text, source)
+    tokens = lexer.tokens()
     settings = tuple(_Parser(tokens, source).parse_file())
     # Also raises for `+=` of a list to a string, which xl refuses.
-    return XlConfig(source, text, settings, _effective_values(source, settings))
+    return XlConfig(source, text, settings, _effective_values(source, settings), lexer.stray)
 
 
 def _effective_values(source: str, settings: Iterable[Setting]) -> dict[str, XlValue]:
@@ -636,8 +642,11 @@ def replace_channels(config: XlConfig, channels: Iterable[Channel]) -> str:
     if not spans:
         if new is None:
             return text
-        separator = "" if not text or text.endswith("\n") else "\n"
-        return f"{text}{separator}{new}\n"
+        # A stray last byte that xl drops must stay last: after our line,
+        # xl would see it and refuse the file (issue 9).
+        head, stray = text[: config.end], text[config.end :]
+        separator = "" if not head or head.endswith("\n") else "\n"
+        return f"{head}{separator}{new}\n{stray}"
     pieces: list[str] = []
     cursor = 0
     for index, (start, end) in enumerate(spans):
