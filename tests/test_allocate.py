@@ -11,9 +11,10 @@ import pytest
 from golden import check_golden
 from lxml import etree
 
-from xen_channel_backend.allocate import define_xml, fill_domain, libvirt_uri, open_libvirt
+from xen_channel_backend.allocate import define_xml, fill_domain
 from xen_channel_backend.cli import main
 from xen_channel_backend.domxml import serialize
+from xen_channel_backend.libvirtconn import open_connection
 from xen_channel_backend.metadata import NAMESPACE, read_domain_metadata
 from xen_channel_backend.paths import canonical_uuid, socket_path
 from xen_channel_backend.settings import Settings
@@ -176,14 +177,6 @@ def test_run_directory_too_long_is_named() -> None:
     assert code == 1 and rundir in err and err.count("\n") == 1
 
 
-def test_uri_precedence() -> None:
-    assert libvirt_uri("test:///default", {"LIBVIRT_DEFAULT_URI": "qemu:///system"}) == (
-        "test:///default"
-    )
-    assert libvirt_uri(None, {"LIBVIRT_DEFAULT_URI": "qemu:///system"}) == "qemu:///system"
-    assert libvirt_uri(None, {}) == "xen:///system"
-
-
 # --- define, against libvirt's own test driver ------------------------------------
 
 
@@ -210,7 +203,7 @@ def test_filled_domain_is_accepted_by_libvirt(tmp_path: Path) -> None:
         driver_domain("fill-accepted").encode(), "<test>", SETTINGS, all_targets=True
     )
     uuid = filled.uuid
-    conn = open_libvirt("test:///default")
+    conn = open_connection("test:///default")
     try:
         defined = define_xml(conn, serialize(filled.tree), "test:///default")
         assert defined.UUIDString() == uuid

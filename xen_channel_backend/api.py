@@ -77,8 +77,11 @@ def channels(domain: str, *, rundir: str | None = None) -> list[ChannelInfo]:
     ]
 
 
-def remote_channels(uri: str, domain: str) -> list[ChannelInfo]:
+def remote_channels(uri: str | None, domain: str) -> list[ChannelInfo]:
     """The channels of ``domain`` (a name or UUID) from its metadata, via libvirt at ``uri``.
+
+    ``uri`` None uses libvirt's own default (``$LIBVIRT_DEFAULT_URI``,
+    ``uri_default`` in libvirt.conf, else the hypervisor it finds).
 
     Uses a read-only connection.  For a running domain the live copy is read
     (the monitor keeps its pty paths and ``state`` current); for an inactive
@@ -87,16 +90,12 @@ def remote_channels(uri: str, domain: str) -> list[ChannelInfo]:
     NoSuchDomain, LibvirtUnavailable, or InvalidMetadata when the element was
     edited into something invalid.
     """
-    try:
-        import libvirt
-    except ImportError:
-        raise LibvirtUnavailable(uri, "libvirt-python is not installed") from None
+    from .libvirtconn import libvirt_module, open_read_only, uri_of
     from .metadata import NAMESPACE, parse_metadata
 
-    try:
-        conn = libvirt.openReadOnly(uri)
-    except libvirt.libvirtError as exc:
-        raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+    libvirt = libvirt_module(uri)
+    conn = open_read_only(uri)
+    uri = uri_of(conn, uri)
     try:
         found = _lookup(conn, uri, domain)
         name, uuid = found.name(), found.UUIDString()

@@ -23,8 +23,16 @@ through the API.  This long-running process does it:
 * It survives libvirtd restarts: a close callback and keepalive
   (``virConnectSetKeepAlive``) detect the dead connection, and it reconnects
   with bounded exponential backoff, then reconciles.
-* One log line per action on stderr (journald picks it up); SIGTERM and
-  SIGINT end it cleanly with exit status 0.
+* One log line per action on stderr (journald picks it up, with each
+  line's priority: service.py); SIGTERM and SIGINT end it cleanly with exit
+  status 0.
+* Under systemd (``Type=notify``) it reports ready once its first attempt
+  to connect is over: connected and reconciled, or libvirt unreachable and
+  retrying (``systemctl status`` shows which).  Blocking start-up until
+  libvirtd answers would hold up boot, and the monitor catches up on its
+  own the moment libvirtd is back.
+* The URI is libvirt's to resolve when ``--connect`` is not given
+  (libvirtconn.py); log lines name the URI it actually connected to.
 
 Which channels are ours: those in the domain's registry record (written by
 the hooks) and those in the ``<xcb:channels>`` metadata that ``fill`` and
@@ -50,7 +58,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import metadata
+from . import metadata, service
 from .console import Streams
 from .errors import InvalidMetadata, LibvirtUnavailable, XenChannelError, shown
 from .model import Channel, Connection
@@ -63,7 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "xen:///system"
 #: Reconnect backoff: 0.5 s doubling to at most 30 s, so a libvirtd that is
 #: down for long costs two log lines a minute and comes back within 30 s.
 BACKOFF_START = 0.5
@@ -108,16 +115,6 @@ def _run_event_loop() -> None:
             time.sleep(0.1)
 
 
-def _quiet_libvirt_errors() -> None:
-    """Stop libvirt-python printing every error to stderr; we log them once ourselves."""
-    import libvirt
-
-    def ignore(_context: object, _error: object) -> None:
-        return None
-
-    libvirt.registerErrorHandler(ignore, None)
-
-
 #: Seconds a domain's claims may stand without its record before the
 #: reconcile takes them for a dead prepare's (a live one takes milliseconds).
 ORPHAN_AGE = 60.0
@@ -143,10 +140,13 @@ class Monitor:
     """
 
     def __init__(
-        self, uri: str, settings: Settings, registry: Registry, *,
+        self, uri: str | None, settings: Settings, registry: Registry, *,
         reconcile_interval: float = 60.0,
     ) -> None:
+        #: What was asked for; None lets libvirt pick its default URI.
         self.uri = uri
+        #: What libvirt says it connected to (virConnectGetURI), once connected.
+        self.connected_uri: str | None = None
         self.settings = settings
         self.registry = registry
         self.reconcile_interval = reconcile_interval
@@ -176,23 +176,33 @@ class Monitor:
         self._stopping = True
         self._wake()
 
+    @property
+    def where(self) -> str:
+        """The URI for messages: the one connected to, else the one asked for."""
+        return self.connected_uri or self.uri or "libvirt's default URI"
+
     def serve(self) -> int:
         """Run until :meth:`stop`: connect, reconcile, then follow events."""
         next_reconcile = 0.0
+        announced = False
         while not self._stopping:
             if self.conn is None:
-                if not self.connect_with_backoff():
+                if not self.connect_with_backoff(announce=not announced):
                     break
                 next_reconcile = 0.0  # reconcile after every (re)connect
             if time.monotonic() >= next_reconcile:
                 self._attempt("reconcile", self.reconcile)
                 next_reconcile = time.monotonic() + self.reconcile_interval
+            if not announced:
+                service.ready(f"following domain events on {self.where}")
+                announced = True
             self._wait(max(0.0, next_reconcile - time.monotonic()))
             if self._stopping:
                 break
             self.process_pending()
             if self._connection_lost:
-                log.warning("lost the connection to %s; reconnecting", self.uri)
+                log.warning("lost the connection to %s; reconnecting", self.where)
+                service.status(f"lost the connection to {self.where}; reconnecting")
                 self.disconnect()
         self.disconnect()
         log.info("monitor stopped")
@@ -202,13 +212,12 @@ class Monitor:
 
     def connect(self) -> None:
         """Open the connection and register for lifecycle events; raise on failure."""
-        import libvirt
+        from .libvirtconn import libvirt_module, one_line, open_connection, uri_of
 
+        libvirt = libvirt_module(self.uri)
         ensure_event_loop()
-        try:
-            conn = libvirt.open(self.uri)
-        except libvirt.libvirtError as exc:
-            raise LibvirtUnavailable(self.uri, str(exc.get_error_message())) from None
+        conn = open_connection(self.uri)
+        uri = uri_of(conn, self.uri)
         try:
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError:
@@ -225,16 +234,22 @@ class Monitor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
             raise LibvirtUnavailable(
-                self.uri, f"cannot register for domain events: {exc.get_error_message()}"
+                uri, f"cannot register for domain events: {one_line(exc)}"
             ) from None
         self.conn = conn
+        self.connected_uri = uri
         self.driver = _DRIVERS.get(conn.getType(), conn.getType().lower())
         self._connection_lost = False
         self._synced.clear()
-        log.info("connected to %s (driver %s); following domain events", self.uri, self.driver)
+        log.info("connected to %s (driver %s); following domain events", uri, self.driver)
+        service.status(f"following domain events on {uri}")
 
-    def connect_with_backoff(self) -> bool:
-        """Connect, retrying with bounded exponential backoff; False if stopped first."""
+    def connect_with_backoff(self, *, announce: bool = False) -> bool:
+        """Connect, retrying with bounded exponential backoff; False if stopped first.
+
+        ``announce``: tell systemd the monitor is ready after the first failed
+        attempt (it keeps retrying; see the module docstring).
+        """
         delay = BACKOFF_START
         while not self._stopping:
             try:
@@ -242,6 +257,11 @@ class Monitor:
                 return True
             except LibvirtUnavailable as exc:
                 log.warning("%s; retrying in %.1f s", exc.message(), delay)
+                if announce:
+                    service.ready(f"{exc.message()}; retrying")
+                    announce = False
+                else:
+                    service.status(f"{exc.message()}; retrying")
             self._wait(delay)
             delay = min(delay * 2, BACKOFF_MAX)
         return False
@@ -582,11 +602,6 @@ def _describe(channels: Iterable[Channel]) -> str:
     return ", ".join(parts) if parts else "no channels"
 
 
-def resolve_uri(uri: str | None) -> str:
-    """``--connect``, else ``$LIBVIRT_DEFAULT_URI``, else ``xen:///system``."""
-    return uri or os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
-
-
 def run(args: argparse.Namespace, streams: Streams) -> int:
     """Entry point of ``xen-channel monitor`` (see cli.py for the options)."""
     from .errors import UsageError
@@ -598,13 +613,12 @@ def run(args: argparse.Namespace, streams: Streams) -> int:
         raise UsageError(
             f"--reconcile-interval must be a positive number of seconds, not {interval:g}"
         )
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        raise LibvirtUnavailable(None, "libvirt-python is not installed") from None
+    from .libvirtconn import libvirt_module
+
+    libvirt_module(args.connect)  # a missing binding is fatal at once, not retried
     settings = load_settings(args.rundir)
-    _quiet_libvirt_errors()
-    monitor = Monitor(resolve_uri(args.connect), settings, Registry(settings.rundir),
+    # --connect absent: None, and libvirt resolves its own default URI.
+    monitor = Monitor(args.connect, settings, Registry(settings.rundir),
                       reconcile_interval=interval)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -616,6 +630,7 @@ def run(args: argparse.Namespace, streams: Streams) -> int:
     try:
         return monitor.serve()
     finally:
+        service.stopping()
         monitor.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
