@@ -566,13 +566,12 @@ def test_send_bad_input_names_the_culprit(
 def test_send_goes_through_the_broker_socket_when_one_exists(
     registered: tuple[str, BackendStandin],
 ) -> None:
-    from xen_channel_backend.agent import broker_socket_for, choose_socket
+    from xen_channel_backend.agent import broker_socket_for
 
     rundir, qemu = registered
     # A stand-in on the broker's consumer socket, with the guest behind it; QEMU's
     # own socket has no guest, so only the brokered path can succeed.
     with BackendStandin(broker_socket_for(qemu.socket_path)) as broker, guest(broker):
-        assert choose_socket(qemu.socket_path) == (broker.socket_path, True)
         code, _out, err = send(rundir, "--timeout", "10")
     assert (code, err) == (0, "")
     assert qemu.connections == 0 and broker.connections == 1
@@ -706,3 +705,89 @@ def test_send_escapes_the_guests_text_in_its_table(
         "hostname  applied      \\x1b[2J\\x1b]0;owned\\x07\\x1b]52;c;ZXZpbA==\\x07\\x9b31m"
         "\\u2028forged\\u202egnp",
     ]
+
+
+# --- whose socket send talks to (issue 9) ---------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.mark.parametrize(
+    ("loosen", "mode"),
+    [("domain", 0o777), ("domain", 0o1777), ("domain", 0o770), ("rundir", 0o777)],
+    ids=["domain-dir-0777", "domain-dir-sticky", "domain-dir-group-writable", "rundir-0777"],
+)
+def test_send_refuses_a_broker_socket_others_could_have_bound(
+    registered: tuple[str, BackendStandin], loosen: str, mode: int
+) -> None:
+    """libvirt's own libxl channel directory is 0777: anyone could bind PATH@broker
+    there, read the payload and forge an ok ack.  send must not even connect."""
+    from xen_channel_backend.agent import broker_socket_for
+
+    rundir, qemu = registered
+    directory = os.path.dirname(qemu.socket_path) if loosen == "domain" else rundir
+    os.chmod(directory, mode)
+    impostor_path = broker_socket_for(qemu.socket_path)
+    with BackendStandin(impostor_path) as impostor, guest(impostor):
+        code, out, err = send(rundir, "--timeout", "5")
+        assert impostor.connections == 0
+    assert (code, out) == (1, "")
+    assert err.startswith(f"xen-channel: error: broker socket {impostor_path!r}: ")
+    assert f"{directory!r} is writable by" in err and err.count("\n") == 1
+    assert qemu.connections == 0  # no fallback to a socket in the same directory
+
+
+def test_send_refuses_a_broker_socket_owned_by_another_user(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    from xen_channel_backend.agent import broker_socket_for
+
+    rundir, qemu = registered
+    impostor_path = broker_socket_for(qemu.socket_path)
+    with BackendStandin(impostor_path) as impostor, guest(impostor):
+        os.chown(impostor_path, NOBODY, -1, follow_symlinks=False)
+        code, out, err = send(rundir, "--timeout", "5")
+        assert impostor.connections == 0
+    assert (code, out) == (1, "")
+    assert err == (
+        f"xen-channel: error: broker socket {impostor_path!r}: refusing to use it: "
+        f"it is owned by uid {NOBODY}, not by uid 0\n"
+    )
+
+
+def test_send_refuses_a_qemu_socket_others_could_have_bound(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    rundir, qemu = registered
+    os.chmod(os.path.dirname(qemu.socket_path), 0o777)
+    with guest(qemu):
+        code, out, err = send(rundir, "--timeout", "5")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"xen-channel: error: QEMU socket {qemu.socket_path!r}: ")
+    assert "is writable by group and others (mode 0777)" in err and err.count("\n") == 1
+    assert qemu.connections == 0
+
+
+def test_send_refuses_a_qemu_socket_owned_by_another_user(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    rundir, qemu = registered
+    os.chown(qemu.socket_path, NOBODY, -1, follow_symlinks=False)
+    with guest(qemu):
+        code, out, err = send(rundir, "--timeout", "5")
+    assert (code, out) == (1, "")
+    assert f"it is owned by uid {NOBODY}, not by uid 0" in err and err.count("\n") == 1
+    assert qemu.connections == 0
+
+
+def test_send_refuses_a_symlink_at_the_broker_socket_path(
+    registered: tuple[str, BackendStandin], tmp_path: Path
+) -> None:
+    from xen_channel_backend.agent import broker_socket_for
+
+    rundir, qemu = registered
+    with BackendStandin(tmp_path / "elsewhere") as impostor, guest(impostor):
+        os.symlink(impostor.socket_path, broker_socket_for(qemu.socket_path))
+        code, _out, err = send(rundir, "--timeout", "5")
+        assert impostor.connections == 0
+    assert code == 1 and "is not a socket" in err

@@ -34,6 +34,8 @@ from .errors import (
     ProtocolViolation,
     UnknownDomain,
     UnsupportedChannel,
+    UntrustedPath,
+    UntrustedSocket,
     XenChannelError,
     escaped,
     shown,
@@ -437,22 +439,74 @@ def find_channel_socket(rundir: str, domain: str, channel: str) -> str:
     )
 
 
-def choose_socket(qemu_socket: str) -> tuple[str, bool]:
-    """The broker's consumer socket when a broker serves it, else QEMU's own.
+def verify_socket(path: str, role: str) -> bool:
+    """Raise UntrustedSocket unless only root (or we) could have bound ``path``.
+
+    ``send`` hands the guest's configuration to whatever listens there and
+    believes its ack, so a socket someone else could have bound (in
+    libvirt's 0777 libxl channel directory, say) would let them read the
+    payload and forge an ``ok``.  The rule is the broker's for its own
+    sockets (broker.check_socket_directory: trust.py's StrictModes rule on
+    the directory and above, the directory itself writable by nobody else),
+    and the socket itself, never followed if a symlink, must be owned by
+    root or by us.  Returns False when nothing is there (yet); the caller
+    verifies again once it has connected.
+    """
+    from .broker import check_socket_directory, trusted_uids
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise UntrustedSocket(path, role, f"it cannot be checked ({exc.strerror})") from None
+    try:
+        check_socket_directory(os.path.dirname(path))
+    except UntrustedPath as exc:
+        raise UntrustedSocket(path, role, exc.message()) from None
+    except OSError as exc:
+        reason = f"its directory cannot be checked ({exc.strerror})"
+        raise UntrustedSocket(path, role, reason) from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise UntrustedSocket(path, role, "it is not a socket (a symlink or another file is there)")
+    uids = trusted_uids()
+    if info.st_uid not in uids:
+        owners = " or ".join(f"uid {uid}" for uid in uids)
+        raise UntrustedSocket(path, role, f"it is owned by uid {info.st_uid}, not by {owners}")
+    return True
+
+
+def connect_trusted(qemu_socket: str, label: str) -> ChannelClient:
+    """A connected client: on the broker's consumer socket when a broker serves it, else QEMU's.
 
     QEMU serves one client at a time, so while the broker runs it holds
-    QEMU's socket and every other tool must go through the broker.
+    QEMU's socket and every other tool must go through the broker.  Both
+    sockets are verified (:func:`verify_socket`) before anything is sent.
+    An untrusted broker socket is an error, not a reason to fall back: it
+    sits in the same directory as QEMU's, which is then untrusted as well.
+    Only a broker socket nobody listens on (a broker killed with SIGKILL
+    leaves it; it let go of QEMU's socket too) sends us to QEMU's.
     """
     try:
-        brokered = broker_socket_for(qemu_socket)
+        brokered: str | None = broker_socket_for(qemu_socket)
     except XenChannelError:
-        return qemu_socket, False
-    try:
-        if stat.S_ISSOCK(os.stat(brokered).st_mode):
-            return brokered, True
-    except OSError:
-        pass
-    return qemu_socket, False
+        brokered = None  # no room for one beside this path: the broker never serves it
+    if brokered is not None and verify_socket(brokered, "broker socket"):
+        # A live broker accepts at once; only QEMU's socket is worth waiting for.
+        client = ChannelClient(brokered, label=label, retries=0)
+        try:
+            client.connect()
+            return client
+        except ChannelUnavailable as exc:
+            log.debug("%s: broker socket unusable (%s); using QEMU's", label, exc.detail)
+    verify_socket(qemu_socket, "QEMU socket")
+    client = ChannelClient(qemu_socket, label=label)
+    client.connect()  # retries while QEMU is still creating the socket
+    # It may have appeared only during those retries: check what we reached.
+    if not verify_socket(qemu_socket, "QEMU socket"):
+        client.close()
+        raise ChannelUnavailable(qemu_socket, "the socket went away")
+    return client
 
 
 def _load_payload(spec: str, streams: Streams) -> dict[str, Any]:
@@ -511,19 +565,9 @@ def run_send(args: argparse.Namespace, streams: Streams) -> int:
     payload = _load_payload(args.config, streams)
     rundir = load_settings(args.rundir).rundir
     qemu_socket = find_channel_socket(rundir, args.domain, args.channel)
-    path, brokered = choose_socket(qemu_socket)
     label = f"domain {shown(args.domain)} channel {shown(args.channel)}"
-    # A live broker accepts at once; only QEMU's socket is worth waiting for.
-    client = ChannelClient(path, label=label, retries=0 if brokered else DEFAULT_RETRIES)
-    if brokered:
-        try:
-            client.connect()
-        except ChannelUnavailable as exc:
-            # A broker that died leaves its socket file behind; it also let go
-            # of QEMU's socket, so the direct path is free again.
-            log.debug("%s: broker socket unusable (%s); using QEMU's", label, exc.detail)
-            client = ChannelClient(qemu_socket, label=label)
-    log.debug("%s: sending through %s", label, client.path)
+    client = connect_trusted(qemu_socket, label)
+    log.debug("%s: sending through %s", label, shown(client.path))
     try:
         with client:
             result = client.send_config(payload, args.timeout)
@@ -550,7 +594,8 @@ __all__ = [
     "ChannelClient",
     "ItemResult",
     "broker_socket_for",
-    "choose_socket",
+    "connect_trusted",
     "find_channel_socket",
     "run_send",
+    "verify_socket",
 ]

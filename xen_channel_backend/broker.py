@@ -46,6 +46,7 @@ from . import sockets
 from .errors import (
     InvalidSocketPath,
     SettingsError,
+    UntrustedPath,
     UsageError,
     XenChannelError,
     shown,
@@ -55,6 +56,7 @@ from .paths import broker_socket_for, is_within
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
 from .registry import RUNNING, Registry
 from .settings import load_settings
+from .trust import check_trusted_path
 
 if TYPE_CHECKING:
     import argparse
@@ -742,18 +744,38 @@ def _peer_of(sock: socket.socket) -> str:
     return f"pid {pid} uid {uid} gid {gid}"
 
 
+def trusted_uids() -> tuple[int, ...]:
+    """Who may own a channel socket and the directories above it: root, and us."""
+    euid = os.geteuid()
+    return (0,) if euid == 0 else (0, euid)
+
+
+def check_socket_directory(directory: str) -> None:
+    """Raise UntrustedPath unless only root (or we) could put a socket in ``directory``.
+
+    The rule for every channel socket we bind or talk to (the broker's
+    consumer sockets here, ``send``'s choice of socket in agent.py): the
+    StrictModes rule of trust.py on the directory and everything above it,
+    and, for the directory itself, no write permission for group or others
+    even with the sticky bit.  A sticky directory keeps others from
+    replacing a socket that is there, but not from binding the name first;
+    libvirt's own libxl channel directory (mode 0777) fails this rule.
+    """
+    uids = trusted_uids()
+    check_trusted_path(directory, uids=uids)
+    mode = stat.S_IMODE(os.stat(directory).st_mode)
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedPath(directory, f"is writable by group or others (mode {mode:04o})")
+
+
 def _check_directory(directory: str) -> None:
     """Refuse a directory where someone else could swap files under us."""
     try:
-        st = os.lstat(directory)
-    except FileNotFoundError:
-        raise _UnsafeSocketPath(f"directory {shown(directory)} does not exist") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise _UnsafeSocketPath(f"{shown(directory)} is not a directory (or is a symlink)")
-    if st.st_uid not in (0, os.geteuid()):
-        raise _UnsafeSocketPath(f"directory {shown(directory)} is owned by uid {st.st_uid}")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise _UnsafeSocketPath(f"directory {shown(directory)} is writable by group or others")
+        check_socket_directory(directory)
+    except UntrustedPath as exc:
+        raise _UnsafeSocketPath(exc.message()) from None
+    except OSError as exc:  # removed between the checks
+        raise _UnsafeSocketPath(f"{shown(directory)}: {_describe(exc)}") from None
 
 
 def _check_stale(path: str) -> bool:

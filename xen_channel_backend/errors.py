@@ -411,3 +411,20 @@ class UntrustedPath(XenChannelError):
 
     def message(self) -> str:
         return f"{shown(self.path)} {self.reason}; only root may be able to change it"
+
+
+class UntrustedSocket(XenChannelError):
+    """A channel socket that someone other than root (or us) could have bound (agent.py).
+
+    ``role`` says which socket (``broker socket``, ``QEMU socket``);
+    ``reason`` why it is not trusted, naming the path at fault.
+    """
+
+    def __init__(self, path: str, role: str, reason: str) -> None:
+        super().__init__(path, role, reason)
+        self.path = path
+        self.role = role
+        self.reason = reason
+
+    def message(self) -> str:
+        return f"{self.role} {shown(self.path)}: refusing to use it: {self.reason}"
