@@ -791,3 +791,19 @@ def test_send_refuses_a_symlink_at_the_broker_socket_path(
         code, _out, err = send(rundir, "--timeout", "5")
         assert impostor.connections == 0
     assert code == 1 and "is not a socket" in err
+
+
+def test_send_refuses_the_qemu_guest_agent_channel(tmp_path: Path) -> None:
+    """That channel speaks qemu-ga's JSON commands; our frames would only confuse it."""
+    import io
+
+    from xen_channel_backend.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = ["send", "--rundir", str(tmp_path), "vm1", "org.qemu.guest_agent.0", "--config", "-"]
+    code = main(argv, io.StringIO('{"hostname": "vm1"}'), stdout, stderr)
+    assert (code, stdout.getvalue()) == (1, "")
+    assert stderr.getvalue() == (
+        "xen-channel: error: channel 'org.qemu.guest_agent.0': speaks qemu-ga's "
+        "protocol, not ours; send does not write to it\n"
+    )

@@ -562,6 +562,10 @@ def run_send(args: argparse.Namespace, streams: Streams) -> int:
 
         raise UsageError("--timeout must be positive")
     validate_name(args.channel)
+    if args.channel == protocol.QEMU_GA_CHANNEL:
+        raise UnsupportedChannel(
+            args.channel, "speaks qemu-ga's protocol, not ours; send does not write to it"
+        )
     payload = _load_payload(args.config, streams)
     rundir = load_settings(args.rundir).rundir
     qemu_socket = find_channel_socket(rundir, args.domain, args.channel)

@@ -58,6 +58,9 @@ ERROR_CODES: Final = (
     "bad-frame",
 )
 PAYLOAD_KEYS: Final = ("hostname", "addresses", "ssh_keys", "extra")
+#: The channel qemu-guest-agent serves: it speaks qemu-ga's JSON commands,
+#: not this protocol, so nothing here ever writes our frames into it.
+QEMU_GA_CHANNEL: Final = "org.qemu.guest_agent.0"
 
 FrameErrorCode = Literal["frame-too-large", "bad-frame"]
 
