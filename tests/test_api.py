@@ -133,3 +133,102 @@ def test_remote_channels_errors(conn: Any) -> None:
             api.remote_channels(TEST_URI, name)
     finally:
         domain.undefine()
+
+
+# --- many hosts: host_inventory / host_domain -------------------------------------------
+# Hosts are real libvirt connections: the test driver on node XML files
+# (tests/host_fixtures.py), one that is down, and one that never answers.
+
+FLEET_UUIDS = [f"20000000-0000-4000-8000-00000000000{i}" for i in range(1, 5)]
+
+
+def fleet(directory: str) -> tuple[str, str]:
+    from host_fixtures import NodeDomain, agent_channels, write_host
+
+    u1, u2, u3, _u4 = FLEET_UUIDS
+    host_a = write_host(directory, "a", [
+        NodeDomain("web", u1, channels=agent_channels("/run/xen-channel", u1)),
+        NodeDomain("db", u2, running=False, channels=agent_channels("/run/xen-channel", u2)),
+    ])
+    host_b = write_host(directory, "b", [
+        NodeDomain("cache", u3, channels=agent_channels("/run/xcb", u3)[:1]),
+    ])
+    return host_a, host_b
+
+
+def test_host_inventory_returns_frozen_typed_results(tmp_path: Any) -> None:
+    host_a, host_b = fleet(str(tmp_path))
+    u1, u2, _u3, _u4 = FLEET_UUIDS
+    found = api.host_inventory([host_b, host_a, host_b])
+    assert found.errors == ()
+    assert [(d.host, d.domain, d.state, d.persistent) for d in found.domains] == [
+        (host_b, "cache", "running", True), (host_a, "db", "stopped", True),
+        (host_a, "web", "running", True)]
+    web = found.domains[2]
+    assert web == api.HostDomain(host_a, "web", u1, "test", "running", True, (
+        api.ChannelInfo("web", u1, "org.example.agent.0", Connection.SOCKET,
+                        f"/run/xen-channel/{u1}/org.example.agent.0", Target.XEN, "running"),
+        api.ChannelInfo("web", u1, "org.example.console.0", Connection.PTY, None, Target.XEN,
+                        "running"),
+    ))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        web.state = "stopped"  # type: ignore[misc]
+    assert api.host_domain(host_a, u2.upper()).state == "stopped"
+
+
+def test_host_inventory_reports_each_failed_host_and_keeps_the_rest(tmp_path: Any) -> None:
+    from host_fixtures import DOWN_URI, hung_host
+
+    host_a, host_b = fleet(str(tmp_path))
+    with hung_host(str(tmp_path)) as hung:
+        found = api.host_inventory([hung, host_a, DOWN_URI, host_b], timeout=0.5)
+    assert [d.domain for d in found.domains] == ["db", "web", "cache"]
+    assert [(e.host, e.domain) for e in found.errors] == [(hung, None), (DOWN_URI, None)]
+    assert found.errors[0].message == f"libvirt at {hung!r}: no answer within 0.5 s"
+    assert found.errors[1].message.startswith(f"libvirt at {DOWN_URI!r}: cannot connect: ")
+    assert all("\n" not in e.message for e in found.errors)
+
+
+def test_host_domain_errors(tmp_path: Any) -> None:
+    from host_fixtures import DOWN_URI, hung_host
+
+    host_a, _host_b = fleet(str(tmp_path))
+    with pytest.raises(NoSuchDomain):
+        api.host_domain(host_a, "cache")
+    with pytest.raises(LibvirtUnavailable, match="cannot connect"):
+        api.host_domain(DOWN_URI, "web")
+    with hung_host(str(tmp_path)) as hung, pytest.raises(
+            LibvirtUnavailable, match=r"no answer within 0\.2 s"):
+        api.host_domain(hung, "web", timeout=0.2)
+
+
+def test_host_inventory_reads_the_live_copy_of_a_running_domain(conn: Any) -> None:
+    """Persistent and live metadata differ once the monitor has written the live copy."""
+    name = domain_name("fleet")
+    uuid = "a71c0000-0000-4000-8000-000000000003"
+    domain = conn.defineXML(make_domain_xml(name, [PTY], uuid))
+    transient = None
+    try:
+        domain.create()
+        live = metadata.metadata_xml(
+            [Channel("org.example.console", Connection.PTY, "/dev/pts/9", target=Target.VIRTIO)],
+            "running")
+        domain.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, live, metadata.PREFIX,
+                           metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        # A transient domain (as one migrated in without --persistent).
+        transient_name = domain_name("transient")
+        transient = conn.createXML(make_domain_xml(transient_name, [PTY]), 0)
+        found = {d.domain: d for d in api.host_inventory([TEST_URI]).domains}
+        assert [c.path for c in found[name].channels] == ["/dev/pts/9"]
+        assert found[name].persistent and found[name].state == "running"
+        assert not found[transient_name].persistent
+        domain.destroy()
+        found = {d.domain: d for d in api.host_inventory([TEST_URI]).domains}
+        assert [c.path for c in found[name].channels] == ["/dev/pts/3"]
+        assert found[name].state == "stopped" and transient_name in found
+    finally:
+        if transient is not None:
+            transient.destroy()
+        if domain.isActive():
+            domain.destroy()
+        domain.undefine()

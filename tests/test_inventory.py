@@ -119,3 +119,201 @@ def test_list_never_imports_lxml_or_libvirt(rundir: str) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+# --- list/show --connect: many hosts through libvirt ----------------------------------------
+#
+# Each host is a real libvirt connection: the test driver on a node XML file
+# (tests/host_fixtures.py), a qemu+unix URI whose socket does not exist (down),
+# and a socket that never answers (hung).
+
+UUID_1 = "10000000-0000-4000-8000-000000000001"
+UUID_2 = "10000000-0000-4000-8000-000000000002"
+UUID_3 = "10000000-0000-4000-8000-000000000003"
+UUID_4 = "10000000-0000-4000-8000-000000000004"
+RUN_A, RUN_B = "/run/xen-channel", "/srv/run/xcb"
+
+
+@pytest.fixture
+def hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """Two test-driver hosts: A runs vm1 and has vm2 shut off; B runs vm3 and an unmanaged one."""
+    from host_fixtures import NodeDomain, agent_channels, write_host
+
+    monkeypatch.delenv("XEN_CHANNEL_RUNDIR", raising=False)
+    host_a = write_host(str(tmp_path), "host-a", [
+        NodeDomain("vm1", UUID_1, channels=agent_channels(RUN_A, UUID_1)),
+        NodeDomain("vm2", UUID_2, running=False, channels=agent_channels(RUN_A, UUID_2)),
+    ])
+    host_b = write_host(str(tmp_path), "host-b", [
+        NodeDomain("vm3", UUID_3, channels=agent_channels(RUN_B, UUID_3)[:1]),
+        NodeDomain("unmanaged", UUID_4, channels=None),
+    ])
+    return host_a, host_b
+
+
+def channel_json(rundir: str, uuid: str) -> list[dict[str, object]]:
+    return [
+        {"name": "org.example.agent.0", "connection": "socket",
+         "path": f"{rundir}/{uuid}/org.example.agent.0", "target": "xen"},
+        {"name": "org.example.console.0", "connection": "pty", "path": None, "target": "xen"},
+    ]
+
+
+def test_list_connect_json_names_each_host(hosts: tuple[str, str]) -> None:
+    host_a, host_b = hosts
+    code, out, err = run("list", "--connect", host_a, "-c", host_b, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == [
+        {"host": host_a, "domain": "vm1", "uuid": UUID_1, "driver": "test", "state": "running",
+         "persistent": True, "channels": channel_json(RUN_A, UUID_1)},
+        {"host": host_a, "domain": "vm2", "uuid": UUID_2, "driver": "test", "state": "stopped",
+         "persistent": True, "channels": channel_json(RUN_A, UUID_2)},
+        {"host": host_b, "domain": "vm3", "uuid": UUID_3, "driver": "test", "state": "running",
+         "persistent": True, "channels": channel_json(RUN_B, UUID_3)[:1]},
+    ]
+
+
+def test_list_connect_table_has_a_host_column(hosts: tuple[str, str]) -> None:
+    host_a, host_b = hosts
+    code, out, err = run("list", "-c", host_b, "-c", host_a)
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out.splitlines()] == [
+        ["HOST", "DOMAIN", "UUID", "DRIVER", "STATE", "CHANNELS"],
+        [host_b, "vm3", UUID_3, "test", "running", "org.example.agent.0"],
+        [host_a, "vm1", UUID_1, "test", "running", "org.example.agent.0,org.example.console.0"],
+        [host_a, "vm2", UUID_2, "test", "stopped", "org.example.agent.0,org.example.console.0"],
+    ]
+
+
+def test_a_host_that_is_down_gets_one_line_and_the_others_are_listed(
+    hosts: tuple[str, str], tmp_path: Path
+) -> None:
+    from host_fixtures import DOWN_URI
+
+    host_a, host_b = hosts
+    missing = f"test://{tmp_path}/no-such-node.xml"
+    code, out, err = run("list", "-c", host_a, "-c", DOWN_URI, "-c", missing, "-c", host_b,
+                         "--json")
+    assert code == 1
+    assert [(d["host"], d["domain"]) for d in json.loads(out)] == [
+        (host_a, "vm1"), (host_a, "vm2"), (host_b, "vm3")]
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"xen-channel: error: libvirt at {DOWN_URI!r}: cannot connect")
+    assert lines[1].startswith(f"xen-channel: error: libvirt at {missing!r}: ")
+
+
+def test_a_host_that_never_answers_times_out_and_the_others_are_listed(
+    hosts: tuple[str, str], tmp_path: Path
+) -> None:
+    from host_fixtures import hung_host
+
+    host_a, _host_b = hosts
+    with hung_host(str(tmp_path)) as hung:
+        code, out, err = run("list", "-c", hung, "-c", host_a, "--timeout", "0.5")
+    assert code == 1
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["vm1", "vm2"]
+    assert err == f"xen-channel: error: libvirt at {hung!r}: no answer within 0.5 s\n"
+
+
+def test_invalid_metadata_is_one_line_and_the_rest_of_its_host_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from host_fixtures import NodeDomain, agent_channels, write_host
+
+    bad = ('<xcb:channels xmlns:xcb="urn:xen-channel-backend:channels:1">'
+           '<xcb:channel name="org.example.x" connection="tcp" target="xen"/></xcb:channels>')
+    host = write_host(str(tmp_path), "mixed", [
+        NodeDomain("good", UUID_1, channels=agent_channels(RUN_A, UUID_1)),
+        NodeDomain("edited", UUID_2, raw_metadata=bad),
+    ])
+    code, out, err = run("list", "-c", host, "--json")
+    assert code == 1
+    assert [d["domain"] for d in json.loads(out)] == ["good"]
+    assert err.count("\n") == 1
+    assert "domain 'edited'" in err and "connection 'tcp'" in err and host in err
+
+
+def test_hostile_domain_names_are_escaped_in_the_table(tmp_path: Path) -> None:
+    from host_fixtures import NodeDomain, agent_channels, write_host
+
+    name = "evil\u202ename\u2028forged"
+    host = write_host(str(tmp_path), "hostile", [
+        NodeDomain(name, UUID_1, channels=agent_channels(RUN_A, UUID_1))])
+    code, out, _err = run("list", "-c", host)
+    assert code == 0
+    assert "\u202e" not in out and "\u2028" not in out
+    assert "'evil\\u202ename\\u2028forged'" in out
+
+
+def test_hosts_file(hosts: tuple[str, str], tmp_path: Path) -> None:
+    from host_fixtures import DOWN_URI
+
+    host_a, host_b = hosts
+    listing = tmp_path / "fleet.hosts"
+    listing.write_text(
+        f"# the fleet\n\n{host_a}\n   {host_b}   # rack 2\n{host_a}\n#{DOWN_URI}\n")
+    code, out, err = run("list", "--hosts", str(listing), "--json")
+    assert (code, err) == (0, "")
+    assert [(d["host"], d["domain"]) for d in json.loads(out)] == [
+        (host_a, "vm1"), (host_a, "vm2"), (host_b, "vm3")]
+    # --connect and --hosts add up; a URI named twice is read once.
+    code, out, _err = run("list", "--hosts", str(listing), "-c", host_b, "-c", DOWN_URI)
+    assert code == 1 and [line.split()[0] for line in out.splitlines()[1:]] == [
+        host_b, host_a, host_a]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("test:///a.xml test:///b.xml\n", ":1: expected one URI, found 'test:///a.xml test:///b.xml'"),
+    ("# only comments\n\n", ": names no libvirt URI"),
+    (b"\xff\xfe\n", ": is not UTF-8 text"),
+])
+def test_a_bad_hosts_file_is_one_line_exit_1(
+    tmp_path: Path, text: str | bytes, message: str
+) -> None:
+    listing = tmp_path / "bad.hosts"
+    if isinstance(text, bytes):
+        listing.write_bytes(text)
+    else:
+        listing.write_text(text)
+    code, out, err = run("list", "--hosts", str(listing))
+    assert (code, out) == (1, "")
+    assert err == f"xen-channel: error: {listing}{message}\n"
+    code, _out, err = run("list", "--hosts", str(tmp_path / "absent.hosts"))
+    assert code == 1 and err.startswith(f"xen-channel: error: {tmp_path}/absent.hosts: cannot read")
+
+
+def test_connect_with_rundir_or_a_bad_timeout_is_a_usage_error(hosts: tuple[str, str]) -> None:
+    code, _out, err = run("list", "-c", hosts[0], "--rundir", "/run/xen-channel")
+    assert code == 2 and "cannot be combined with --connect" in err
+    code, _out, err = run("list", "-c", hosts[0], "--timeout", "0")
+    assert code == 2 and "--timeout must be a positive number" in err
+
+
+def test_show_connect(hosts: tuple[str, str]) -> None:
+    host_a, _host_b = hosts
+    code, out, err = run("show", "vm2", "--connect", host_a, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == {
+        "host": host_a, "domain": "vm2", "uuid": UUID_2, "driver": "test", "state": "stopped",
+        "persistent": True, "channels": channel_json(RUN_A, UUID_2)}
+    code, out, err = run("show", UUID_1.upper(), "-c", host_a)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"Host:   {host_a}\nDomain: vm1\nUUID:   {UUID_1}\nDriver: test\n"
+                          "State:  running\n\n")
+    assert out.splitlines()[7].split() == [
+        "org.example.agent.0", "socket", "xen", f"{RUN_A}/{UUID_1}/org.example.agent.0"]
+
+
+def test_show_connect_errors_are_one_line(hosts: tuple[str, str]) -> None:
+    from host_fixtures import DOWN_URI
+
+    host_a, host_b = hosts
+    code, out, err = run("show", "vm3", "-c", host_a)
+    assert (code, out) == (1, "")
+    assert err == f"xen-channel: error: libvirt at {host_a!r} has no domain 'vm3'\n"
+    code, out, err = run("show", "vm3", "-c", DOWN_URI)
+    assert code == 1 and err.count("\n") == 1 and DOWN_URI in err
+    # A domain without our metadata has no managed channels.
+    code, out, err = run("show", "unmanaged", "-c", host_b, "--json")
+    assert code == 0 and json.loads(out)["channels"] == []

@@ -10,7 +10,13 @@ Two sources, one result type (:class:`ChannelInfo`):
   The metadata travels with the domain, so this works for a domain on
   another host without knowing that host's run directory.
 
-Both re-exported lazily from the package root::
+And for a fleet, :func:`host_inventory` (every domain carrying our metadata on
+each of many URIs, queried concurrently with a per-host timeout, returning
+:class:`Inventory`: :class:`HostDomain` results and one :class:`HostError` per
+host or domain that failed) and :func:`host_domain` (one domain on one URI).
+``xen-channel list/show --connect`` print these.
+
+``channels`` and ``remote_channels`` are re-exported lazily from the package root::
 
     import xen_channel_backend as xcb
     for info in xcb.channels("vm1"):
@@ -23,13 +29,27 @@ LibvirtUnavailable, InvalidMetadata, RegistryError, SettingsError.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-from .errors import LibvirtUnavailable, NoSuchDomain, UnknownDomain
+from .errors import InvalidMetadata, LibvirtUnavailable, NoSuchDomain, UnknownDomain
 from .model import Connection, Target
 
-__all__ = ["ChannelInfo", "channels", "remote_channels"]
+__all__ = ["ChannelInfo", "HostDomain", "HostError", "Inventory", "channels", "host_domain",
+           "host_inventory", "remote_channels"]
+
+#: Seconds one host may take to answer (connect, list, read metadata) by default.
+DEFAULT_TIMEOUT = 30.0
+#: conn.getType() -> the driver name our registry records use (libvirt's Xen
+#: driver is libxl); other drivers are shown lower-cased ("test", "lxc").
+_DRIVERS = {"QEMU": "qemu", "Xen": "libxl"}
+
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,3 +149,245 @@ def _lookup(conn: Any, uri: str, domain: str) -> Any:
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
                 raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
     raise NoSuchDomain(uri, domain)
+
+
+# --- many hosts ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostDomain:
+    """One domain carrying our metadata, as libvirt at ``host`` (its URI) describes it.
+
+    ``state`` is ``"running"`` (or ``"preparing"`` while the live metadata says
+    so) for an active domain, whose live metadata copy is read, and
+    ``"stopped"`` for an inactive one, whose persistent copy is read.
+    ``persistent`` is False for a transient domain (one that exists only while
+    it runs: a domain migrated in without ``--persistent``).  ``driver`` is
+    ``qemu``, ``libxl`` (libvirt's Xen driver), or the lower-cased name of
+    another driver (``test``).  Each channel's ``state`` is the domain's.
+    """
+
+    host: str
+    domain: str
+    uuid: str
+    driver: str
+    state: str
+    persistent: bool
+    channels: tuple[ChannelInfo, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostError:
+    """A host that could not be read (``domain`` None), or one domain on it.
+
+    ``message`` is one line naming the host (and the domain), with untrusted
+    text escaped, as ``xen-channel list`` prints it.
+    """
+
+    host: str
+    message: str
+    domain: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inventory:
+    """What :func:`host_inventory` found: domains in host order, then name order."""
+
+    domains: tuple[HostDomain, ...]
+    errors: tuple[HostError, ...]
+
+
+def host_inventory(
+    uris: Iterable[str], *, timeout: float = DEFAULT_TIMEOUT
+) -> Inventory:
+    """Every domain with our ``<xcb:channels>`` metadata on each URI, read concurrently.
+
+    Each host is read by its own thread over its own read-only connection
+    (libvirt-python releases the GIL while it waits), so N hosts take about
+    as long as the slowest one, not N times one.  A host that cannot be
+    reached, or has not answered within ``timeout`` seconds of the start, gets
+    one :class:`HostError` and the others are still returned.  A thread that
+    is still waiting on a hung host is a daemon thread: it is abandoned, and
+    does not keep the process alive.  A domain whose metadata is invalid
+    gets a :class:`HostError` naming it; its host's other domains are listed.
+    A URI given twice is read once.
+
+    This replaces libvirt's default error handler (which prints every error
+    to stderr) with one that ignores them, as the monitor does: every error
+    is returned here instead.
+    """
+    hosts = list(dict.fromkeys(uris))
+    _quiet_libvirt_errors()
+    outcomes = _run_all([functools.partial(_read_host, uri) for uri in hosts], timeout)
+    domains: list[HostDomain] = []
+    errors: list[HostError] = []
+    for uri, outcome in zip(hosts, outcomes, strict=True):
+        if isinstance(outcome, _Failed):
+            errors.append(HostError(uri, _failure_message(uri, outcome, timeout)))
+        else:
+            found, problems = outcome
+            domains.extend(found)
+            errors.extend(problems)
+    return Inventory(tuple(domains), tuple(errors))
+
+
+def host_domain(uri: str, domain: str, *, timeout: float = DEFAULT_TIMEOUT) -> HostDomain:
+    """One domain (a name or UUID) on libvirt at ``uri``, with our metadata.
+
+    Like an entry of :func:`host_inventory`; a domain without our metadata
+    has no channels (``channels == ()``).  Raises NoSuchDomain,
+    LibvirtUnavailable (also when ``uri`` has not answered within
+    ``timeout`` seconds) or InvalidMetadata.
+    """
+    _quiet_libvirt_errors()
+    (outcome,) = _run_all([lambda: _read_one(uri, domain)], timeout)
+    if isinstance(outcome, _Failed):
+        if isinstance(outcome.error, NoSuchDomain | InvalidMetadata | LibvirtUnavailable):
+            raise outcome.error
+        raise LibvirtUnavailable(uri, _failure_message(uri, outcome, timeout)) from None
+    return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failed:
+    """A host's thread raised ``error``, or (``error`` None) did not finish in time."""
+
+    error: BaseException | None
+
+
+def _run_all(jobs: list[Callable[[], _T]], timeout: float) -> list[_T | _Failed]:
+    """Run each job in its own daemon thread; wait for all until ``timeout`` from now."""
+    results: list[_T | _Failed] = [_Failed(None)] * len(jobs)
+    finished = [threading.Event() for _ in jobs]
+
+    def work(index: int) -> None:
+        try:
+            results[index] = jobs[index]()
+        except Exception as exc:  # handed back to the caller as data
+            results[index] = _Failed(exc)
+        finally:
+            finished[index].set()
+
+    for index in range(len(jobs)):
+        threading.Thread(target=work, args=(index,), name="xcb-host", daemon=True).start()
+    deadline = time.monotonic() + timeout
+    for event in finished:
+        event.wait(max(0.0, deadline - time.monotonic()))
+    # A job still running keeps its _Failed(None): it timed out.
+    return [results[i] if finished[i].is_set() else _Failed(None) for i in range(len(jobs))]
+
+
+def _failure_message(uri: str, failed: _Failed, timeout: float) -> str:
+    from .errors import XenChannelError
+
+    error = failed.error
+    if error is None:
+        return LibvirtUnavailable(uri, f"no answer within {timeout:g} s").message()
+    if isinstance(error, XenChannelError):
+        return error.message()
+    return LibvirtUnavailable(uri, f"internal error: {type(error).__name__}: {error}").message()
+
+
+def _quiet_libvirt_errors() -> None:
+    from .libvirtconn import libvirt_module
+
+    with contextlib.suppress(LibvirtUnavailable):
+        libvirt_module()  # silences libvirt's printing; a missing binding is reported per host
+
+
+def _open(uri: str) -> Any:
+    from .libvirtconn import open_read_only
+
+    return open_read_only(uri)
+
+
+def _read_host(uri: str) -> tuple[list[HostDomain], list[HostError]]:
+    import libvirt
+
+    conn = _open(uri)
+    try:
+        try:
+            driver = _driver(conn)
+            # Two calls say which are active, instead of one isActive() per domain.
+            active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            inactive = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+        found: list[HostDomain] = []
+        problems: list[HostError] = []
+        for handle, is_active in [(d, True) for d in active] + [(d, False) for d in inactive]:
+            try:
+                entry = _describe(uri, driver, handle, is_active)
+            except InvalidMetadata as exc:
+                problems.append(HostError(uri, exc.message(), handle.name()))
+                continue
+            if entry is not None:
+                found.append(entry)
+    finally:
+        conn.close()
+    found.sort(key=lambda d: (d.domain, d.uuid))
+    return found, problems
+
+
+def _read_one(uri: str, domain: str) -> HostDomain:
+    conn = _open(uri)
+    try:
+        handle = _lookup(conn, uri, domain)
+        import libvirt
+
+        try:
+            driver, is_active = _driver(conn), bool(handle.isActive())
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+        entry = _describe(uri, driver, handle, is_active, with_empty=True)
+    finally:
+        conn.close()
+    assert entry is not None
+    return entry
+
+
+def _driver(conn: Any) -> str:
+    kind = str(conn.getType())
+    return _DRIVERS.get(kind, kind.lower())
+
+
+def _describe(
+    uri: str, driver: str, handle: Any, is_active: bool, *, with_empty: bool = False
+) -> HostDomain | None:
+    """A domain's entry from its metadata (live if active, else persistent).
+
+    None for a domain without our metadata (unless ``with_empty``), or one
+    that vanished since it was listed.
+    """
+    import libvirt
+
+    from .metadata import NAMESPACE, parse_metadata
+
+    name, uuid = handle.name(), handle.UUIDString()
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if is_active else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    text: str | None
+    try:
+        text = handle.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE, flags)
+        persistent = bool(handle.isPersistent())
+    except libvirt.libvirtError as exc:
+        code = exc.get_error_code()
+        if code == libvirt.VIR_ERR_NO_DOMAIN or (
+            code == libvirt.VIR_ERR_OPERATION_INVALID and is_active
+        ):
+            return None  # gone (or stopped) between the listing and this call
+        if code != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+        if not with_empty:
+            return None
+        text, persistent = None, bool(handle.isPersistent())
+    metadata = parse_metadata(text, f"domain {name!r} at {uri}") if text is not None else None
+    if is_active:
+        recorded = metadata.state if metadata is not None else None
+        state = "preparing" if recorded == "preparing" else "running"
+    else:
+        state = "stopped"
+    channels = tuple(
+        ChannelInfo(name, uuid, c.name, c.connection, c.path, c.target, state)
+        for c in (metadata.channels if metadata is not None else ())
+    )
+    return HostDomain(uri, name, uuid, driver, state, persistent, channels)

@@ -78,11 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "inventory:run_list", "list domains with registered channels")
     _rundir(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--connect", "-c", metavar="URI", action="append",
+                   help="read our metadata from libvirt at URI instead of the local "
+                        "registry (repeatable; hosts are queried concurrently)")
+    p.add_argument("--hosts", metavar="FILE",
+                   help="read more URIs from FILE, one per line (# starts a comment)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long each host may take to answer (default 30)")
 
     p = command("show", "inventory:run_show", "show one domain's channels")
     _rundir(p)
     p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--connect", "-c", metavar="URI",
+                   help="read the domain's metadata from libvirt at URI instead of the "
+                        "local registry")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long the host may take to answer (default 30)")
 
     p = command("install-hooks", "install:run_install_hooks", "install the libvirt hook shims")
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")

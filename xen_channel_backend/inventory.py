@@ -10,6 +10,14 @@ lxml or libvirt.  The JSON form is the stable interface for scripts:
                    "path": ..|null, "target": "xen"|"virtio"|"guestfwd"}]}
 
 ``list --json`` prints an array of these, ``show --json`` one object.
+
+With ``--connect URI`` (repeatable) or ``--hosts FILE``, ``list`` and ``show``
+read our ``<xcb:channels>`` metadata through libvirt instead
+(api.host_inventory / api.host_domain), from any URI libvirt accepts; hosts
+are queried concurrently, each with ``--timeout``.  The table gains a HOST
+column, and each JSON object gains ``"host": URI`` (first) and
+``"persistent": true|false``.  A host that cannot be read gets one error line
+on stderr, the others are still listed, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -20,9 +28,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from .console import Streams
-from .errors import UnknownDomain
+from .errors import InputError, UnknownDomain, UsageError, shown
 from .registry import DomainRecord, Registry
 from .settings import load_settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .api import HostDomain
+
+#: A hosts file is a short list of URIs; anything bigger is not one.
+MAX_HOSTS_FILE_BYTES = 1024 * 1024
 
 
 def record_json(record: DomainRecord) -> dict[str, Any]:
@@ -70,6 +85,9 @@ def _dump(value: object, streams: Streams) -> None:
 
 def run_list(args: argparse.Namespace, streams: Streams) -> int:
     """``xen-channel list``: every registered domain, one per line."""
+    uris = _uris(args, getattr(args, "connect", None) or [], getattr(args, "hosts", None))
+    if uris is not None:
+        return _list_hosts(uris, args, streams)
     records = _registry(args).list()
     if args.json:
         _dump([record_json(r) for r in records], streams)
@@ -87,6 +105,11 @@ def run_list(args: argparse.Namespace, streams: Streams) -> int:
 
 def run_show(args: argparse.Namespace, streams: Streams) -> int:
     """``xen-channel show DOMAIN``: one domain's channels (by name or UUID)."""
+    connect = getattr(args, "connect", None)
+    if connect is not None:
+        uris = _uris(args, [connect], None)
+        assert uris is not None
+        return _show_host(uris[0], args, streams)
     record = _registry(args).get(args.domain)
     if record is None:
         raise UnknownDomain(args.domain)
@@ -100,6 +123,121 @@ def run_show(args: argparse.Namespace, streams: Streams) -> int:
     rows = [
         (_printable(c.name), c.connection.value, c.target.value, _printable(c.path))
         for c in record.channels
+    ]
+    streams.stdout.write(header)
+    if rows:
+        streams.stdout.write("\n" + _table(("CHANNEL", "CONNECTION", "TARGET", "PATH"), rows))
+    return 0
+
+
+# --- many hosts, through libvirt (api.host_inventory) ----------------------------------
+
+
+def load_hosts(path: str) -> list[str]:
+    """The URIs in a hosts file: one per line; blank lines and ``#`` comments skipped.
+
+    A comment is a line starting with ``#``, or anything after whitespace
+    and ``#`` (a libvirt URI holds no whitespace).  Raises InputError naming
+    the file and line.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_HOSTS_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_HOSTS_FILE_BYTES:
+        raise InputError(path, f"is over {MAX_HOSTS_FILE_BYTES} bytes; not a hosts file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(path, "is not UTF-8 text") from None
+    uris: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) > 1 and not words[1].startswith("#"):
+            raise InputError(path, f"expected one URI, found {shown(line.strip())}", number)
+        if not words[0].isprintable():
+            raise InputError(path, f"URI {shown(words[0])} holds control characters", number)
+        uris.append(words[0])
+    return uris
+
+
+def _uris(args: argparse.Namespace, connect: list[str], hosts_file: str | None) -> list[str] | None:
+    """The hosts to ask (in order, each once), or None for the local registry."""
+    if not connect and hosts_file is None:
+        return None
+    if args.rundir:
+        raise UsageError("--rundir reads the local registry; it cannot be combined with "
+                         "--connect or --hosts")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    uris = list(connect)
+    if hosts_file is not None:
+        uris.extend(load_hosts(hosts_file))
+        if not uris:
+            raise InputError(hosts_file, "names no libvirt URI")
+    return list(dict.fromkeys(uris))
+
+
+def host_json(entry: HostDomain) -> dict[str, Any]:
+    """One domain read through libvirt: the documented shape plus host and persistent."""
+    return {
+        "host": entry.host,
+        "domain": entry.domain,
+        "uuid": entry.uuid,
+        "driver": entry.driver,
+        "state": entry.state,
+        "persistent": entry.persistent,
+        "channels": [
+            {
+                "name": c.name,
+                "connection": c.connection.value,
+                "path": c.path,
+                "target": c.target.value,
+            }
+            for c in entry.channels
+        ],
+    }
+
+
+def _list_hosts(uris: list[str], args: argparse.Namespace, streams: Streams) -> int:
+    from .api import host_inventory
+
+    found = host_inventory(uris, timeout=args.timeout)
+    if args.json:
+        _dump([host_json(d) for d in found.domains], streams)
+    else:
+        rows = [
+            (
+                _printable(d.host), _printable(d.domain), d.uuid, d.driver, d.state,
+                ",".join(_printable(c.name) for c in d.channels) or "-",
+            )
+            for d in found.domains
+        ]
+        streams.stdout.write(
+            _table(("HOST", "DOMAIN", "UUID", "DRIVER", "STATE", "CHANNELS"), rows))
+    streams.stdout.flush()
+    for error in found.errors:
+        streams.error(error.message)
+    return 1 if found.errors else 0
+
+
+def _show_host(uri: str, args: argparse.Namespace, streams: Streams) -> int:
+    from .api import host_domain
+
+    entry = host_domain(uri, args.domain, timeout=args.timeout)
+    if args.json:
+        _dump(host_json(entry), streams)
+        return 0
+    header = (
+        f"Host:   {_printable(entry.host)}\nDomain: {_printable(entry.domain)}\n"
+        f"UUID:   {entry.uuid}\nDriver: {entry.driver}\nState:  {entry.state}\n"
+    )
+    rows = [
+        (_printable(c.name), c.connection.value, c.target.value, _printable(c.path))
+        for c in entry.channels
     ]
     streams.stdout.write(header)
     if rows:
