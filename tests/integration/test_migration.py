@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import uuid as uuid_module
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/
 
 from libvirtd import new_domain_name, tcg_domain_xml  # noqa: E402
-from two_daemons import Daemon, TwoDaemons, skip_reason  # noqa: E402
+from two_daemons import XEN_CHANNEL, Daemon, TwoDaemons, skip_reason  # noqa: E402
 
 CHANNELS = ("org.example.test.0", "org.example.test.1")
 NAMESPACE = "urn:xen-channel-backend:channels:1"
@@ -327,5 +328,37 @@ def test_a_save_image_restored_on_the_other_host_gets_that_hosts_paths(
             "restore begin", "prepare begin", "start begin", "started begin"]
         assert_served_by(pair.b, name, uuid)
         assert_left(pair.a, name, uuid)
+    finally:
+        remove_domain(pair, name)
+
+
+# --- the fleet view over both daemons ---------------------------------------------------
+
+
+def test_list_connect_sees_the_domain_on_both_hosts_after_migration(
+    pair: TwoDaemons, tmp_path: Any
+) -> None:
+    """``xen-channel list/show --connect`` through libvirt's remote protocol, on real daemons."""
+    name, uuid = define_filled(pair.a, tmp_path, "fleet")
+    try:
+        pair.a.virsh("start", name)
+        pair.migrate(name, pair.a, pair.b)
+        hosts = tmp_path / "fleet.hosts"
+        hosts.write_text(f"# two hosts\n{pair.a.uri}\n{pair.b.uri}  # the destination\n")
+        listed = subprocess.run([XEN_CHANNEL, "list", "--hosts", str(hosts), "--json"],
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert (listed.returncode, listed.stderr) == (0, "")
+        mine = [d for d in json.loads(listed.stdout) if d["uuid"] == uuid]
+        # The source keeps its persistent definition (shut off) with its own paths; the
+        # destination runs a transient copy with the paths its migrate hook chose.
+        assert [(d["host"], d["state"], d["persistent"], d["driver"]) for d in mine] == [
+            (pair.a.uri, "stopped", True, "qemu"), (pair.b.uri, "running", False, "qemu")]
+        assert [c["path"] for c in mine[0]["channels"]] == paths_on(pair.a, uuid)
+        assert [c["path"] for c in mine[1]["channels"]] == paths_on(pair.b, uuid)
+
+        shown = subprocess.run([XEN_CHANNEL, "show", uuid, "--connect", pair.b.uri, "--json"],
+                               capture_output=True, text=True, timeout=120, check=False)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == mine[1]
     finally:
         remove_domain(pair, name)
