@@ -325,6 +325,7 @@ def test_rejected_and_partial_configs_raise_config_refused(qemu: BackendStandin)
         results = [
             protocol.item_result("hostname", "applied"),
             protocol.item_result("addresses/eth0", "failed", "no such device"),
+            protocol.item_result("ssh_keys/root", "unchanged"),
         ]
         return [protocol.encode(protocol.ack(message["id"], results=results))]
 
@@ -339,7 +340,7 @@ def test_rejected_and_partial_configs_raise_config_refused(qemu: BackendStandin)
     assert partial.value.status == "partial"
     assert str(partial.value) == (
         "vm1/org.example.agent: guest applied the config only partly: "
-        "1 of 2 items not applied: 'addresses/eth0' ('failed')"
+        "1 of 3 items not applied: 'addresses/eth0' ('failed')"
     )
 
 
@@ -807,3 +808,158 @@ def test_send_refuses_the_qemu_guest_agent_channel(tmp_path: Path) -> None:
         "xen-channel: error: channel 'org.qemu.guest_agent.0': speaks qemu-ga's "
         "protocol, not ours; send does not write to it\n"
     )
+
+
+# --- the ack must answer exactly what was sent (issue 9) -------------------------------
+
+
+def acks_config_with(
+    *results: tuple[str, str], status: str | None = None, **extra: Any
+) -> Responder:
+    """A guest that acks every config with these (item, status) results."""
+
+    def respond(message: dict[str, Any]) -> list[bytes]:
+        if message["type"] != "config":
+            return well_behaved(message)
+        entries = [{"item": item, "status": state, "detail": ""} for item, state in results]
+        return [protocol.encode(protocol.ack(message["id"], status, entries, **extra))]
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("results", "fragment"),
+    [
+        (
+            [("hostname", "applied"), ("ssh_keys/root", "applied")],
+            "missing ['addresses/eth0']",
+        ),
+        (
+            [
+                ("hostname", "applied"), ("addresses/eth0", "applied"),
+                ("ssh_keys/root", "applied"), ("ssh_keys/mallory", "applied"),
+            ],
+            "items never sent ['ssh_keys/mallory']",
+        ),
+        (
+            [("addresses/eth0", "applied"), ("hostname", "applied"), ("ssh_keys/root", "applied")],
+            "items out of payload order",
+        ),
+        (
+            [
+                ("hostname", "applied"), ("hostname", "applied"),
+                ("addresses/eth0", "applied"), ("ssh_keys/root", "applied"),
+            ],
+            "items repeated ['hostname']",
+        ),
+        ([], "missing ['hostname', 'addresses/eth0', 'ssh_keys/root']"),
+    ],
+    ids=["left-out", "never-sent", "reordered", "repeated", "empty"],
+)
+def test_send_fails_on_an_ok_ack_that_does_not_answer_every_item(
+    registered: tuple[str, BackendStandin], results: list[tuple[str, str]], fragment: str
+) -> None:
+    rundir, qemu = registered
+    with guest(qemu, acks_config_with(*results)):
+        code, out, err = send(rundir, "--timeout", "10")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "xen-channel: error: domain 'vm1' channel 'org.example.agent': protocol violation: "
+        "the ack's results do not match the payload: "
+    )
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_a_partial_ack_must_answer_every_item_too(registered: tuple[str, BackendStandin]) -> None:
+    rundir, qemu = registered
+    lying = acks_config_with(("hostname", "failed"), ("ssh_keys/mallory", "applied"))
+    with guest(qemu, lying):
+        code, out, err = send(rundir, "--timeout", "10", config={"hostname": "vm1"})
+    assert (code, out) == (1, "")
+    assert "items never sent ['ssh_keys/mallory']" in err
+
+
+def test_unchanged_items_count_as_success(registered: tuple[str, BackendStandin]) -> None:
+    """Configs are desired state: pushing the same one twice gives "unchanged" (protocol 4.3)."""
+    rundir, qemu = registered
+    with guest(qemu, acks_config_with(("hostname", "unchanged"), ("extra/motd", "applied"))):
+        code, out, err = send(
+            rundir, "--timeout", "10", config={"hostname": "vm1", "extra": {"motd": "hi"}}
+        )
+    assert (code, err) == (0, "")
+    assert [line.split() for line in out.splitlines()[1:]] == [
+        ["hostname", "unchanged"], ["extra/motd", "applied"],
+    ]
+
+
+def test_items_follow_the_payloads_own_key_order(registered: tuple[str, BackendStandin]) -> None:
+    rundir, qemu = registered
+    payload = {"extra": {"b": 1, "a": 2}, "hostname": "vm1"}
+    with guest(qemu):  # well_behaved answers protocol.payload_items, in payload order
+        code, out, err = send(rundir, "--timeout", "10", config=payload)
+    assert (code, err) == (0, "")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["extra/b", "extra/a", "hostname"]
+
+
+def test_an_error_ack_claiming_applied_items_is_a_violation_not_a_table(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    """Status "error" means nothing was applied; results saying otherwise are a lie."""
+    rundir, qemu = registered
+    contradiction = acks_config_with(("hostname", "applied"), status="error", error="nope")
+    with guest(qemu, contradiction):
+        code, out, err = send(rundir, "--timeout", "10", config={"hostname": "vm1"})
+    assert (code, out) == (1, "")
+    assert "protocol violation: bad ack: status 'error' contradicts the item results" in err
+
+
+def test_an_error_ack_prints_the_problems_it_lists(registered: tuple[str, BackendStandin]) -> None:
+    rundir, qemu = registered
+    refusing = acks_config_with(("hostname", "failed"), status="error", error="hostname: bad")
+    with guest(qemu, refusing):
+        code, out, err = send(rundir, "--timeout", "10", config={"hostname": "vm1"})
+    assert code == 1
+    assert [line.split() for line in out.splitlines()] == [
+        ["ITEM", "STATUS", "DETAIL"], ["hostname", "failed"],
+    ]
+    assert err.endswith("guest rejected the config: 'hostname: bad'\n")
+
+
+def test_send_and_the_real_guest_agent_agree_on_item_order(
+    registered: tuple[str, BackendStandin], tmp_path: Path
+) -> None:
+    """The real agent answers in the payload's key order, whatever that order is."""
+    import json
+    import subprocess
+    import sys
+
+    rundir, qemu = registered
+    devdir, root = tmp_path / "dev", tmp_path / "root"
+    devdir.mkdir()
+    root.mkdir()
+    (devdir / CHANNEL).symlink_to(qemu.guest_tty)
+    agent = subprocess.Popen(
+        [
+            sys.executable, "-m", "xen_channel_backend.guest",
+            "--channel", CHANNEL, "--root", str(root), "--devdir", str(devdir), "--once",
+        ],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        config = {"extra": {"org.example.unknown": 1}, "hostname": "vm1"}
+        code, out, err = send(rundir, "--json", "--timeout", "20", config=config)
+        agent.wait(timeout=20)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        assert agent.stderr is not None
+        agent_log = agent.stderr.read()
+        agent.stderr.close()
+    # No applier for the extra key: "partial", exit 1; but no protocol violation.
+    assert code == 1, agent_log
+    assert "only partly" in err, (err, agent_log)
+    document = json.loads(out)
+    assert [(r["item"], r["status"]) for r in document["results"]] == [
+        ("extra/org.example.unknown", "unsupported"), ("hostname", "applied"),
+    ]

@@ -375,3 +375,44 @@ def test_validate_message_dispatches_by_type() -> None:
     # Error values from the decoder carry the protocol's own error codes.
     assert set(protocol.ERROR_CODES) >= {"frame-too-large", "bad-frame"}
     assert json.loads(encode(protocol.error("1", "bad-frame", "x"))[1:])["code"] == "bad-frame"
+
+
+def test_items_follow_the_payloads_own_key_order() -> None:
+    payload = {
+        "extra": {"z": 1, "a": 2},
+        "ssh_keys": [{"user": "root", "keys": []}],
+        "hostname": "vm1",
+        "addresses": [{"interface": "eth1", "address": "10.0.0.1/8"},
+                      {"interface": "eth0", "address": "10.0.0.2/8"}],
+    }
+    assert protocol.payload_items(payload) == [
+        "extra/z", "extra/a", "ssh_keys/root", "hostname", "addresses/eth1", "addresses/eth0",
+    ]
+
+
+def test_results_must_answer_each_item_once_in_order() -> None:
+    payload = {"hostname": "vm1", "ssh_keys": [{"user": "root", "keys": []}]}
+
+    def results(*items: str) -> list[dict[str, str]]:
+        return [{"item": item, "status": "applied", "detail": ""} for item in items]
+
+    assert protocol.results_problem(payload, results("hostname", "ssh_keys/root")) is None
+    assert protocol.results_problem({}, []) is None
+    cases = {
+        ("hostname",): "missing ['ssh_keys/root']",
+        ("hostname", "ssh_keys/root", "ssh_keys/mallory"): "items never sent ['ssh_keys/mallory']",
+        ("ssh_keys/root", "hostname"): "items out of payload order",
+        ("hostname", "hostname", "ssh_keys/root"): "items repeated ['hostname']",
+    }
+    for items, fragment in cases.items():
+        problem = protocol.results_problem(payload, results(*items))
+        assert problem is not None and fragment in problem, (items, problem)
+
+
+def test_an_error_ack_may_list_problems_but_never_applied_items() -> None:
+    problem = {"item": "hostname", "status": "failed", "detail": "bad"}
+    applied = {"item": "hostname", "status": "applied", "detail": ""}
+    assert protocol.validate_ack(protocol.ack("1", results=[problem], error="bad")) == []
+    assert protocol.validate_ack(protocol.ack("1", results=[applied], error="bad")) == [
+        "status 'error' contradicts the item results"
+    ]

@@ -263,10 +263,12 @@ class ChannelClient:
     def send_config(self, payload: Mapping[str, Any], timeout: float) -> AckResult:
         """Push a config; return only on the guest's ack of it with status "ok".
 
-        Raises ConfigRefused for status "error" (rejected whole) or
-        "partial" (some items not applied; the exception keeps the
-        results), AckTimeout when no ack comes, ProtocolViolation for a
-        malformed answer.
+        "ok" means one result per payload item, in payload order, each
+        ``applied`` or ``unchanged`` (docs/protocol.md 4.4).  Raises
+        ConfigRefused for status "error" (rejected whole) or "partial"
+        (some items not applied; the exception keeps the results),
+        AckTimeout when no ack comes, ProtocolViolation for a malformed
+        answer or results that do not answer exactly the items sent.
         """
         problems = protocol.validate_config_payload(payload)
         if problems:
@@ -279,6 +281,13 @@ class ChannelClient:
         if problems:
             raise ProtocolViolation(self.label, "bad ack: " + "; ".join(problems))
         results = [dict(r) for r in reply.get("results", [])]
+        if reply["status"] != "error":
+            # An ok must confirm every item sent, and only those: otherwise
+            # a guest could ack a key revocation it never applied.  An error
+            # ack lists problems, not items (docs/protocol.md 4.4).
+            mismatch = protocol.results_problem(payload, results)
+            if mismatch is not None:
+                raise ProtocolViolation(self.label, mismatch)
         if reply["status"] != "ok":
             raise ConfigRefused(self.label, reply["status"], reply.get("error"), results)
         return AckResult(

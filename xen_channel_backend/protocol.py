@@ -584,14 +584,48 @@ def _validate_entries(
 
 
 def payload_items(payload: Mapping[str, Any]) -> list[str]:
-    """The item names an ack should report for a valid payload, in order."""
+    """The item names an ack must report for a valid payload, in payload order.
+
+    Payload order is the order of the payload's keys as sent, then of the
+    entries of ``addresses`` and ``ssh_keys`` and of the keys of ``extra``
+    (docs/protocol.md 4.4): what a guest gets by walking the payload as
+    it decoded it.
+    """
     items: list[str] = []
-    if "hostname" in payload:
-        items.append("hostname")
-    items += [f"addresses/{e['interface']}" for e in payload.get("addresses", [])]
-    items += [f"ssh_keys/{e['user']}" for e in payload.get("ssh_keys", [])]
-    items += [f"extra/{key}" for key in payload.get("extra", {})]
+    for key, value in payload.items():
+        if key == "hostname":
+            items.append("hostname")
+        elif key == "addresses":
+            items += [f"addresses/{entry['interface']}" for entry in value]
+        elif key == "ssh_keys":
+            items += [f"ssh_keys/{entry['user']}" for entry in value]
+        elif key == "extra":
+            items += [f"extra/{name}" for name in value]
     return items
+
+
+def results_problem(payload: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why an ok/partial ack's ``results`` do not answer ``payload``, or None.
+
+    They must name every payload item exactly once, in payload order, and
+    nothing else: an ack that leaves an item out, reports one never sent
+    (``ssh_keys/mallory``) or shuffles them does not confirm what was sent.
+    """
+    expected = payload_items(payload)
+    got = [result.get("item") for result in results]
+    if got == expected:
+        return None
+    problems: list[str] = []
+    got_set, expected_set = set(got), set(expected)
+    if missing := [item for item in expected if item not in got_set]:
+        problems.append(f"missing {shown(missing)}")
+    if unknown := [item for item in got if item not in expected_set]:
+        problems.append(f"items never sent {shown(unknown)}")
+    if dupes := repeated(got):
+        problems.append(f"items repeated {shown(dupes)}")
+    if not problems:
+        problems.append("items out of payload order")
+    return "the ack's results do not match the payload: " + "; ".join(problems)
 
 
 def validate_hello(message: Mapping[str, Any]) -> list[str]:
@@ -651,6 +685,9 @@ def validate_ack(message: Mapping[str, Any]) -> list[str]:
     if status == "error":
         if not _is_str(message.get("error")):
             problems.append('status "error" needs an "error" string')
+        # Nothing was applied: results may only list the problems found.
+        if any(r.get("status") in ITEM_OK_STATUSES for r in results):
+            problems.append("status 'error' contradicts the item results")
     elif "error" in message:
         problems.append(f'"error" is only allowed with status "error", not {status!r}')
     elif status != ack_status(results):
