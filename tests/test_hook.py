@@ -345,7 +345,9 @@ def test_libxl_ignores_virtio_qemu_manages_it(host: HookHost) -> None:
 # --- start / started ----------------------------------------------------------------
 
 
-def test_start_and_started_record_live_xml_as_running(host: HookHost) -> None:
+def test_started_records_live_xml_as_running(host: HookHost) -> None:
+    """start is answered by the shim alone (and is a no-op here): started sees
+    everything start would, plus the pty paths."""
     uuid = new_uuid()
     sock = f"{host.domain_dir(uuid)}/org.a.0"
     defined = domain_xml("vm1", uuid, [channel_xml("unix", "xen", "org.a.0", sock),
@@ -355,10 +357,10 @@ def test_start_and_started_record_live_xml_as_running(host: HookHost) -> None:
     assert call(host, "libxl", "prepare", "begin", defined)[0] == 0
     assert call(host, "libxl", "start", "begin", defined) == (0, "", "")
     rec = record(host, uuid)
-    assert rec is not None and rec["state"] == "running"
+    assert rec is not None and rec["state"] == "preparing"
     assert call(host, "libxl", "started", "begin", live) == (0, "", "")
     rec = record(host, uuid)
-    assert rec is not None
+    assert rec is not None and rec["state"] == "running"
     assert rec["channels"] == [
         {"name": "org.a.0", "connection": "socket", "path": sock, "target": "xen",
          "created_dir": True},
@@ -370,12 +372,15 @@ def test_start_and_started_record_live_xml_as_running(host: HookHost) -> None:
 # --- stopped / release ---------------------------------------------------------------
 
 
-def test_stopped_and_release_remove_everything_and_are_idempotent(host: HookHost) -> None:
+def test_release_removes_everything_and_is_idempotent(host: HookHost) -> None:
+    """stopped is answered by the shim alone: release always follows it."""
     uuid = new_uuid()
     xml = xen_domain(host, uuid, "org.a.0", "org.b.0")
     assert call(host, "libxl", "prepare", "begin", xml)[0] == 0
     stale_socket(f"{host.domain_dir(uuid)}/org.a.0")  # what QEMU leaves behind
     assert call(host, "libxl", "stopped", "end", xml) == (0, "", "")
+    assert os.path.exists(host.domain_dir(uuid))
+    assert call(host, "libxl", "release", "end", xml) == (0, "", "")
     assert not os.path.exists(host.domain_dir(uuid))
     assert record(host, uuid) is None
     assert Registry(host.rundir).claim_owner(f"{host.domain_dir(uuid)}/org.a.0") is None

@@ -43,9 +43,12 @@ def test_install_is_idempotent_and_updates_in_place(tmp_path: Path) -> None:
     assert code == 0 and out.count("unchanged:") == 2 and err == ""
     shim = tmp_path / "qemu.d" / "xen-channel"
     shim.chmod(0o644)
-    code, out, err = run_cli("--hooks-dir", str(tmp_path), "--config", "/etc/x.conf")
+    config = tmp_path / "x.conf"
+    config.write_text("[xen-channel]\nrundir = /run/xcb-elsewhere\n")
+    code, out, err = run_cli("--hooks-dir", str(tmp_path), "--config", str(config))
     assert code == 0 and out.count("updated:") == 2 and "SIGHUP" in err
-    assert "config='/etc/x.conf'" in shim.read_text()
+    assert f"config='{config}'" in shim.read_text()
+    assert "rundir='/run/xcb-elsewhere'" in shim.read_text()
     assert stat.S_IMODE(shim.stat().st_mode) == 0o755
 
 
@@ -83,7 +86,8 @@ def test_uninstall_when_nothing_is_installed(tmp_path: Path) -> None:
 def test_repository_shims_are_the_template_for_a_system_python() -> None:
     for driver in ("libxl", "qemu"):
         shim = REPO / "hooks" / driver
-        assert shim.read_text() == install.render_shim(driver, "/usr/bin/python3")
+        assert shim.read_text() == install.render_shim(
+            driver, "/usr/bin/python3", install.DISTRIBUTION_PYTHONPATH)
         assert os.access(shim, os.X_OK)
 
 
@@ -116,7 +120,8 @@ def run(shim: Path, op: str, subop: str, xml: bytes) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize(("op", "subop"), [("attach", "begin"), ("prepare", "end"),
-                                           ("start", "end"), ("restore", "end")])
+                                           ("start", "end"), ("restore", "end"),
+                                           ("start", "begin"), ("stopped", "end")])
 def test_ignored_operations_never_start_python(
     shim_without_python: Path, op: str, subop: str
 ) -> None:
@@ -131,12 +136,21 @@ def test_domains_without_channels_never_start_python(shim_without_python: Path) 
         assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
 
 
-def test_domains_with_channels_do_reach_python(shim_without_python: Path) -> None:
+def test_domains_with_channels_do_reach_python(tmp_path: Path) -> None:
+    """A stand-in interpreter that says it ran: every handled operation of a
+    domain with a channel reaches it, with -I -S and the hook's arguments."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "ran with $1 $2" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    shim = tmp_path / "xen-channel"
+    shim.write_text(install.render_shim("qemu", str(fake)))
+    shim.chmod(0o755)
     xml = b"<domain><devices><channel type='pty'/></devices></domain>"
-    result = run(shim_without_python, "prepare", "begin", xml)
-    assert result.returncode != 0 and b"no-such-python" in result.stderr
-    # ...except that reconnect must never fail, whatever breaks (FACTS 1).
-    assert run(shim_without_python, "reconnect", "begin", xml).returncode == 0
+    for op, subop in (("prepare", "begin"), ("started", "begin"), ("release", "end")):
+        result = run(shim, op, subop, xml)
+        assert (result.returncode, result.stderr) == (3, b"ran with -I -S\n")
+    # ...except that reconnect must never fail, whatever breaks.
+    assert run(shim, "reconnect", "begin", xml).returncode == 0
 
 
 def test_libxl_shim_ignores_restore(tmp_path: Path) -> None:

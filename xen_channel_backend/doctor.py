@@ -43,7 +43,7 @@ class Check:
 
 def check_hooks(hooks_dir: str) -> list[Check]:
     """Both shims installed, ours, executable, and their interpreter present."""
-    from .install import is_ours, shim_paths
+    from .install import MARKER, check_shim_inputs, is_ours, shim_paths
 
     checks = []
     for driver, path in shim_paths(hooks_dir).items():
@@ -57,22 +57,38 @@ def check_hooks(hooks_dir: str) -> list[Check]:
         if not os.access(path, os.X_OK):
             checks.append(Check(name, FAIL, f"{path} is not executable (libvirt skips it)"))
             continue
-        python = _shim_python(path)
+        values = _shim_values(path)
+        python = values.get("python")
         if python is None or not os.access(python, os.X_OK):
             checks.append(Check(name, FAIL, f"{path} runs {python!r}, which is not an "
                                 "executable (re-run xen-channel install-hooks)"))
+            continue
+        pythonpath = [p for p in values.get("pythonpath", "").split(":") if p]
+        try:
+            check_shim_inputs(python, pythonpath, values.get("config") or None)
+        except XenChannelError as exc:
+            checks.append(Check(name, FAIL, f"{path}: {exc.message()} (libvirtd runs it as "
+                                "root at every domain start)"))
+            continue
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            current = MARKER in handle.read(512)
+        if not current:
+            checks.append(Check(name, WARN, f"{path} is an older shim format (re-run "
+                                "xen-channel install-hooks)"))
             continue
         checks.append(Check(name, OK, f"{path} (python {python})"))
     return checks
 
 
-def _shim_python(path: str) -> str | None:
+def _shim_values(path: str) -> dict[str, str]:
+    """The shim's ``name='value'`` settings lines (install.render_shim writes them)."""
+    values = {}
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            match = re.fullmatch(r"python='([^']*)'\n?", line)
+            match = re.fullmatch(r"(python|pythonpath|config|rundir)='([^']*)'\n?", line)
             if match:
-                return match.group(1)
-    return None
+                values[match.group(1)] = match.group(2)
+    return values
 
 
 def check_rundir(rundir: str | None, environ: Mapping[str, str]) -> list[Check]:

@@ -11,8 +11,8 @@ The shim is rendered from :data:`SHIM_TEMPLATE`: the interpreter this command
 runs under (an absolute path: libvirt's hook environment is only HOME,
 ``LC_ALL=C`` and PATH, FACTS 1) and the directories holding this package and
 lxml.  hooks/qemu and hooks/libxl in the source tree are the same template
-rendered for a distribution install (``/usr/bin/python3``, no extra path);
-tests/test_install.py keeps them in step.
+rendered for a distribution install (``/usr/bin/python3`` and
+:data:`DISTRIBUTION_PYTHONPATH`); tests/test_install.py keeps them in step.
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ from collections.abc import Sequence
 from .atomic import atomic_write
 from .console import Streams
 from .errors import XenChannelError, shown
+from .settings import DEFAULT_RUNDIR
 
 DRIVERS = ("libxl", "qemu")
+#: Where Debian's python3 finds this package (and lxml) once the .deb put
+#: it there; hooks/qemu and hooks/libxl are the shim rendered for it.
+DISTRIBUTION_PYTHONPATH = ("/usr/lib/python3/dist-packages",)
 SHIM_NAME = "xen-channel"
 #: The line by which install and uninstall recognise a file as ours.
-MARKER = "# xen-channel-backend hook shim, format 1"
+MARKER = "# xen-channel-backend hook shim, format 2"
+#: Earlier formats are still ours: install-hooks updates them, uninstall removes them.
+_MARKER_PREFIX = "# xen-channel-backend hook shim, format "
 SHIM_MODE = 0o755
+#: The bootstrap's exit status when the package does not load (sysexits'
+#: EX_UNAVAILABLE); the shim then decides whether the domain may still start.
+EXIT_BROKEN = 69
 
 SHIM_TEMPLATE = r"""#!/bin/sh
 @MARKER@
@@ -44,14 +53,14 @@ driver=@DRIVER@
 python=@PYTHON@
 pythonpath=@PYTHONPATH@
 config=@CONFIG@
+rundir=@RUNDIR@
 
-# Operations we ignore exit at once: libvirtd waits for every hook, and a
-# shell answer costs ~1 ms where starting Python costs ~40 ms.  libvirt
-# ignores EPIPE when a hook leaves its stdin unread (vircommand.c).
+# Only these operations do work; every other one exits here, without
+# Python (libvirtd waits for every hook).  start and stopped are not among
+# them: started and release always follow and see everything they would.
+# libvirt ignores EPIPE when a hook leaves its stdin unread (vircommand.c).
 case "$2 $3" in
-"prepare begin" | "start begin" | "started begin" | "stopped end" | \
-"release end" | "reconnect begin" | "migrate begin") ;;
-"restore begin") [ "$driver" = qemu ] || exit 0 ;;
+@OPERATIONS@) ;;
 *) exit 0 ;;
 esac
 
@@ -62,24 +71,49 @@ case $xml in
 *) exit 0 ;;
 esac
 
-if [ -n "$config" ]; then
-    XEN_CHANNEL_CONFIG=$config
-    export XEN_CHANNEL_CONFIG
-fi
-# -S skips site.py and its .pth processing (~20 ms); $pythonpath names the
-# directories holding the package and lxml instead.
-flags=-I
-[ -n "$pythonpath" ] && flags=-IS
-# The writer's stdout is the pipe and its stderr /dev/null, so no child of
-# ours is left holding libvirtd's stdout or stderr (virt-manager issue 299).
-printf '%s\n' "$xml" 2>/dev/null | "$python" "$flags" -c '
-import sys
-if sys.argv[1]:
-    sys.path[:0] = sys.argv[1].split(":")
-from xen_channel_backend.hook import main
+# Plainly ours: it carries our metadata, or a channel under our run
+# directory.  A broken installation never stops any other domain.
+ours=no
+case $xml in
+*"@NAMESPACE@"* | *"path='$rundir/"* | *"path=\"$rundir/"*) ours=yes ;;
+esac
+
+if [ -x "$python" ]; then
+    if [ -n "$config" ]; then
+        XEN_CHANNEL_CONFIG=$config
+        export XEN_CHANNEL_CONFIG
+    fi
+    XEN_CHANNEL_PLAINLY_OURS=$ours
+    export XEN_CHANNEL_PLAINLY_OURS
+    # -I -S: no environment, no site.py and its .pth files (~10 ms);
+    # $pythonpath names the directories holding the package and lxml.  The
+    # writer's stdout is the pipe and its stderr /dev/null, so no child of
+    # ours holds libvirtd's stdout or stderr (virt-manager issue 299).
+    printf '%s\n' "$xml" 2>/dev/null | "$python" -I -S -c '
+import os, sys
+sys.path[:0] = [p for p in sys.argv[1].split(":") if p]
+try:
+    from xen_channel_backend.hook import main
+except BaseException as exc:
+    if os.environ.get("XEN_CHANNEL_PLAINLY_OURS") == "yes" and sys.argv[4] != "reconnect":
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        sys.stderr.write(f"xen-channel: error: the hook cannot load ({why!r}); "
+                         "run xen-channel doctor\n")
+    sys.exit(@EXIT_BROKEN@)
 sys.exit(main(sys.argv[2:]))
 ' "$pythonpath" "$driver" "$@"
-status=$?
+    status=$?
+    if [ "$status" -eq @EXIT_BROKEN@ ]; then
+        if [ "$ours" = yes ]; then status=1; else status=0; fi
+    fi
+else
+    status=0
+    if [ "$ours" = yes ] && [ "$2" != reconnect ]; then
+        echo "xen-channel: error: the hook's interpreter $python is missing;" \
+            "run xen-channel doctor" >&2
+        status=1
+    fi
+fi
 # A failed reconnect kills the running domain: never report one.
 [ "$2" = reconnect ] && exit 0
 exit $status
@@ -103,28 +137,56 @@ class HookInstallError(XenChannelError):
 
 
 def render_shim(
-    driver: str, python: str, pythonpath: Sequence[str] = (), config: str | None = None
+    driver: str, python: str, pythonpath: Sequence[str] = (), config: str | None = None,
+    rundir: str = DEFAULT_RUNDIR,
 ) -> str:
-    """The shim text for ``driver`` running ``python`` (absolute)."""
+    """The shim text for ``driver`` running ``python`` (absolute).
+
+    ``rundir`` lets the shim recognise a domain that is plainly ours without
+    Python; the operations come from the hook's own table, so the two agree.
+    """
+    from .hook import shim_operations
+    from .metadata import NAMESPACE
+
     if driver not in DRIVERS:
         raise ValueError(f"unknown driver {driver!r}")
     if not os.path.isabs(python):
         raise HookInstallError(python, "the hook interpreter must be an absolute path")
-    for value in (python, *pythonpath, *([config] if config else [])):
+    for value in (python, *pythonpath, rundir, *([config] if config else [])):
         if _UNSAFE.search(value):
             raise HookInstallError(value, "contains a quote, backslash, ':' or control "
                                    "character, which the shim cannot carry")
+    operations = " | ".join(f'"{op} {subop}"' for op, subop in shim_operations(driver))
     return (
         SHIM_TEMPLATE.replace("@MARKER@", MARKER)
         .replace("@DRIVER@", driver)
         .replace("@PYTHON@", _quote(python))
         .replace("@PYTHONPATH@", _quote(":".join(pythonpath)))
         .replace("@CONFIG@", _quote(config or ""))
+        .replace("@RUNDIR@", _quote(rundir))
+        .replace("@OPERATIONS@", operations)
+        .replace("@NAMESPACE@", NAMESPACE)
+        .replace("@EXIT_BROKEN@", str(EXIT_BROKEN))
     )
 
 
 def _quote(value: str) -> str:
     return f"'{value}'"
+
+
+def check_shim_inputs(python: str, pythonpath: Sequence[str], config: str | None) -> None:
+    """Raise UntrustedPath unless only root can change what the shim runs.
+
+    libvirtd runs the shim as root at every domain start: whoever can write
+    the interpreter, a directory on its path, or the settings file (which
+    names the run directory root creates and removes things in) would be
+    root at the next start.  OpenSSH's StrictModes rule (trust.py), on each
+    and on every directory above it up to ``/``.
+    """
+    from .trust import check_trusted_path
+
+    for path in (python, *pythonpath, *([config] if config else [])):
+        check_trusted_path(path)
 
 
 def runtime_pythonpath() -> list[str]:
@@ -147,21 +209,33 @@ def shim_paths(hooks_dir: str) -> dict[str, str]:
 
 
 def is_ours(path: str) -> bool:
+    """The file carries our marker line (any format) in its first lines."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(512)
     except OSError:
         return False
-    return MARKER.encode() in head.split(b"\n")[:3]
+    return any(line.startswith(_MARKER_PREFIX.encode()) for line in head.split(b"\n")[:3])
 
 
 def install(
-    hooks_dir: str, python: str, pythonpath: Sequence[str], config: str | None
+    hooks_dir: str, python: str, pythonpath: Sequence[str], config: str | None,
+    rundir: str = DEFAULT_RUNDIR,
 ) -> list[tuple[str, str]]:
-    """Write both shims; returns (path, "installed"|"updated"|"unchanged")."""
+    """Write both shims; returns (path, "installed"|"updated"|"unchanged").
+
+    ``hooks_dir`` itself may be created (libvirt creates it only when it
+    first needs it), but its parent must exist: a typo must not build a tree
+    that libvirt never reads and report success.
+    """
+    parent = os.path.dirname(os.path.normpath(hooks_dir))
+    if not os.path.isdir(parent):
+        raise HookInstallError(hooks_dir, f"its parent {parent} is not a directory; "
+                               "check --hooks-dir")
+    check_shim_inputs(python, pythonpath, config)
     done = []
     for driver, path in shim_paths(hooks_dir).items():
-        text = render_shim(driver, python, pythonpath, config)
+        text = render_shim(driver, python, pythonpath, config, rundir)
         directory = os.path.dirname(path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         if os.path.islink(path) or (os.path.lexists(path) and not is_ours(path)):
@@ -202,9 +276,13 @@ def run_install_hooks(args: argparse.Namespace, streams: Streams) -> int:
     if args.uninstall:
         results = uninstall(hooks_dir)
     else:
+        from .settings import load_settings
+
         config = os.path.abspath(args.config) if getattr(args, "config", None) else None
+        environ = {**os.environ, "XEN_CHANNEL_CONFIG": config} if config else os.environ
+        settings = load_settings(environ=environ)
         python = os.path.abspath(sys.executable)
-        results = install(hooks_dir, python, runtime_pythonpath(), config)
+        results = install(hooks_dir, python, runtime_pythonpath(), config, settings.rundir)
     for path, action in results:
         print(f"{action}: {path}", file=streams.stdout)
     if any(action not in ("unchanged", "absent") for _, action in results):

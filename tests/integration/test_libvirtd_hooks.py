@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,19 +190,91 @@ def test_daemon_restart_reconnects_and_keeps_the_domain(
 def test_libvirt_shows_the_prepare_error_and_refuses_to_start(
     daemon: Libvirtd, hook_host: HookHost, tmp_path: Any
 ) -> None:
+    """A path in the run directory but in another domain's directory is the
+    one kind of explicit path the hooks refuse (besides a collision)."""
     name, uuid = new_domain_name("evil"), new_uuid()
-    outside = os.path.join(hook_host.base, "not-allowed", "sock")
+    stolen = f"{hook_host.rundir}/{new_uuid()}/sock"
     source = tmp_path / "evil.xml"
-    source.write_text(tcg_domain_xml(name, uuid, channels=[(CHANNEL, outside)]))
+    source.write_text(tcg_domain_xml(name, uuid, channels=[(CHANNEL, stolen)]))
     daemon.virsh("define", str(source))
     result = daemon.virsh("start", name, check=False)
     assert result.returncode != 0
     assert "xen-channel: error: prepare hook" in result.stderr
-    assert "outside the allowed roots" in result.stderr
+    assert "not in this domain's directory" in result.stderr
     assert daemon.virsh("domstate", name).stdout.strip() == "shut off"
-    assert not os.path.exists(os.path.dirname(outside))
+    assert not os.path.exists(os.path.dirname(stolen))
     assert listed(hook_host, uuid) is None  # the failed start's release cleaned up
     daemon.virsh("undefine", name)
+
+
+def _foreign_domain(daemon: Libvirtd, hook_host: HookHost, tmp_path: Any) -> tuple[str, str]:
+    """A domain that never asked for us: a bind-mode channel in the admin's own
+    directory, outside the run directory and every allowed root."""
+    app = os.path.join(hook_host.base, "myapp")
+    os.makedirs(app, exist_ok=True)
+    with open(os.path.join(app, "keep"), "w", encoding="utf-8") as handle:
+        handle.write("the admin's file\n")
+    name, uuid = new_domain_name("foreign"), new_uuid()
+    source = tmp_path / f"{name}.xml"
+    source.write_text(tcg_domain_xml(name, uuid, channels=[(CHANNEL, f"{app}/agent.sock")]))
+    daemon.virsh("define", str(source))
+    return name, app
+
+
+@pytest.mark.integration
+def test_a_domain_outside_the_roots_starts_and_stops_untouched(
+    daemon: Libvirtd, hook_host: HookHost, tmp_path: Any
+) -> None:
+    name, app = _foreign_domain(daemon, hook_host, tmp_path)
+    before = os.stat(app)
+    daemon.virsh("start", name)
+    assert accepts_client(f"{app}/agent.sock")  # QEMU's, made where the admin said
+    entries = [d for d in json.loads(xen_channel("list", "--json", "--rundir",
+                                                 hook_host.rundir).stdout)
+               if d["domain"] == name]
+    assert entries and entries[0]["channels"][0]["path"] == f"{app}/agent.sock"
+    daemon.virsh("destroy", name)
+    after = os.stat(app)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode, before.st_uid, before.st_gid)
+    with open(os.path.join(app, "keep"), encoding="utf-8") as handle:
+        assert handle.read() == "the admin's file\n"
+    daemon.virsh("undefine", name)
+
+
+@pytest.mark.integration
+def test_with_the_interpreter_removed_only_our_domains_are_stopped(
+    daemon: Libvirtd, hook_host: HookHost, tmp_path: Any
+) -> None:
+    """make clean deletes the venv the shims point at: a domain that is not
+    ours still starts; ours gets one line naming the fix."""
+    from xen_channel_backend import install
+
+    gone = os.path.join(hook_host.base, "venv", "bin", "python3")
+    shims = install.shim_paths(daemon.hooks_dir)
+    saved = {path: Path(path).read_text(encoding="utf-8") for path in shims.values()}
+    try:
+        for driver, path in shims.items():
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(install.render_shim(driver, gone, (), hook_host.config,
+                                                 hook_host.rundir))
+        daemon.sighup()
+        foreign, _app = _foreign_domain(daemon, hook_host, tmp_path)
+        daemon.virsh("start", foreign)
+        assert daemon.virsh("domstate", foreign).stdout.strip() == "running"
+        daemon.virsh("destroy", foreign)
+        daemon.virsh("undefine", foreign)
+        ours, _uuid, _path = define_filled_domain(daemon, hook_host, str(tmp_path))
+        result = daemon.virsh("start", ours, check=False)
+        assert result.returncode != 0
+        assert f"the hook's interpreter {gone} is missing; run xen-channel doctor" in (
+            result.stderr)
+        daemon.virsh("undefine", ours)
+    finally:
+        for path, text in saved.items():
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        daemon.sighup()
 
 
 # --- libxl, called as libvirtd's libxl driver calls it ----------------------------------
