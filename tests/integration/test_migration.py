@@ -24,6 +24,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid as uuid_module
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/
 
 from libvirtd import new_domain_name, tcg_domain_xml  # noqa: E402
 from two_daemons import XEN_CHANNEL, Daemon, TwoDaemons, skip_reason  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 CHANNELS = ("org.example.test.0", "org.example.test.1")
 NAMESPACE = "urn:xen-channel-backend:channels:1"
@@ -362,3 +364,63 @@ def test_list_connect_sees_the_domain_on_both_hosts_after_migration(
         assert json.loads(shown.stdout) == mine[1]
     finally:
         remove_domain(pair, name)
+
+
+# --- one monitor per host -----------------------------------------------------------------
+
+
+class Monitor:
+    """``xen-channel monitor --connect URI`` running inside one daemon's namespace."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.process = daemon.spawn([XEN_CHANNEL, "monitor", "--connect", daemon.uri,
+                                     "--reconcile-interval", "2"])
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_for(lambda: any("following domain events" in line for line in self.lines)
+                 or self.process.poll() is not None, f"the monitor on {daemon.tag}")
+        assert self.process.poll() is None, "\n".join(self.lines)
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self) -> int:
+        self.process.terminate()
+        code = self.process.wait(30)
+        self._reader.join(10)
+        return code
+
+
+def test_with_one_monitor_per_host_the_live_metadata_follows_the_domain(
+    pair: TwoDaemons, tmp_path: Any
+) -> None:
+    from xen_channel_backend import metadata
+
+    monitors = [Monitor(pair.a), Monitor(pair.b)]
+    name, uuid = define_filled(pair.a, tmp_path, "monitored")
+    try:
+        pair.a.virsh("start", name)
+
+        def live_state(daemon: Daemon) -> str | None:
+            result = daemon.virsh("metadata", name, NAMESPACE, "--live", check=False)
+            if result.returncode != 0 or not result.stdout.strip():
+                return None
+            found = metadata.parse_metadata(result.stdout, name)
+            paths = [c.path for c in found.channels]
+            return found.state if paths == paths_on(daemon, uuid) else None
+
+        wait_for(lambda: live_state(pair.a) == "running", "live metadata on the source")
+        pair.migrate(name, pair.a, pair.b)
+        wait_for(lambda: live_state(pair.b) == "running", "live metadata on the destination")
+        assert_served_by(pair.b, name, uuid)
+        # The source's monitor did not bring back what its hooks removed.
+        assert_left(pair.a, name, uuid)
+    finally:
+        remove_domain(pair, name)
+        codes = [m.stop() for m in monitors]
+    assert codes == [0, 0], [m.lines for m in monitors]
+    for monitor in monitors:
+        assert all(line.startswith("xen-channel: ") for line in monitor.lines), monitor.lines

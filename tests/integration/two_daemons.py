@@ -47,6 +47,7 @@ API (for tests under tests/integration/)::
         pair.a.virsh("start", name)
         pair.a.xen_channel("list", "--json")       # run inside the namespace
         pair.a.probe([path])            # {path: {"kind": ..., "accepts": bool}}
+        pair.a.spawn([XEN_CHANNEL, "monitor", "--connect", pair.a.uri])  # Popen, in the namespace
         pair.migrate(name, pair.a, pair.b)         # CompletedProcess; check=False to inspect
 """
 
@@ -344,6 +345,17 @@ class Daemon:
             raise DaemonError(f"[{self.tag}] {' '.join(argv)} failed ({result.returncode}): "
                               f"{result.stderr.strip()}")
         return result
+
+    def spawn(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """Start ``argv`` inside the namespace, in the background (stderr piped, text).
+
+        The caller stops it; :meth:`stop` kills whatever is left in the namespace.
+        """
+        environ = {**os.environ, "XEN_CHANNEL_CONFIG": CONFIG}
+        environ.pop("XEN_CHANNEL_RUNDIR", None)
+        return subprocess.Popen(["nsenter", "-t", str(self.pid), "-m", "--", *argv],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, env=environ)
 
     def xen_channel(self, *args: str, check: bool = True, input: str | None = None,
                     ) -> subprocess.CompletedProcess[str]:
