@@ -428,3 +428,87 @@ class UntrustedSocket(XenChannelError):
 
     def message(self) -> str:
         return f"{self.role} {shown(self.path)}: refusing to use it: {self.reason}"
+
+
+# --- qemu guest agent (qga.py, guestcmds.py) -----------------------------------
+#
+# ``domain`` names the agent in every message: the domain as the caller named
+# it (name or UUID), or the socket path when the client was given a path.
+
+
+class AgentNotConnected(XenChannelError):
+    """No qemu-ga answers on the domain's org.qemu.guest_agent.0 channel.
+
+    The channel is missing, its socket is absent or refuses, the connection
+    closed, or nothing answered ``guest-sync-delimited`` in time.
+    """
+
+    def __init__(self, domain: str, detail: str) -> None:
+        super().__init__(domain, detail)
+        self.domain = domain
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"guest agent of domain {shown(self.domain)} is not connected: {self.detail}"
+
+
+class AgentTimeout(XenChannelError):
+    """qemu-ga answered the sync, but not ``command`` within ``seconds``."""
+
+    def __init__(self, domain: str, command: str, seconds: float) -> None:
+        super().__init__(domain, command, seconds)
+        self.domain = domain
+        self.command = command
+        self.seconds = seconds
+
+    def message(self) -> str:
+        return (
+            f"guest agent of domain {shown(self.domain)}: no answer to {shown(self.command)} "
+            f"within {self.seconds:g} s"
+        )
+
+
+class AgentError(XenChannelError):
+    """qemu-ga answered ``command`` with an error: its class and description.
+
+    Both come from the guest, so the message shows them escaped and cut
+    (:func:`shown`); the attributes keep them whole.
+    """
+
+    def __init__(self, domain: str, command: str, error_class: str, description: str) -> None:
+        super().__init__(domain, command, error_class, description)
+        self.domain = domain
+        self.command = command
+        self.error_class = error_class
+        self.description = description
+
+    def message(self) -> str:
+        return (
+            f"guest agent of domain {shown(self.domain)}: {shown(self.command)} failed: "
+            f"{shown(self.error_class)}: {shown(self.description)}"
+        )
+
+
+class AgentCommandDisabled(AgentError):
+    """qemu-ga refused ``command`` as disabled (``--block-rpcs``, or while frozen).
+
+    qemu-ga says ``CommandNotFound`` / ``Command X has been disabled``.
+    """
+
+    def message(self) -> str:
+        return (
+            f"guest agent of domain {shown(self.domain)}: command {shown(self.command)} has "
+            "been disabled in the guest (qemu-ga --block-rpcs, or filesystems are frozen)"
+        )
+
+
+class AgentProtocolError(XenChannelError):
+    """qemu-ga (or whatever answers on its channel) sent something unusable."""
+
+    def __init__(self, domain: str, detail: str) -> None:
+        super().__init__(domain, detail)
+        self.domain = domain
+        self.detail = detail
+
+    def message(self) -> str:
+        return f"guest agent of domain {shown(self.domain)}: {self.detail}"
