@@ -11,15 +11,38 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any, NoReturn
 
+from . import __version__
 from .console import PROG, Streams
 from .errors import UsageError, XenChannelError
+from .service import configure_logging
 
 Handler = Callable[[argparse.Namespace, Streams], int]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help says its default: appended when the text does not.
+
+    Options added later get this for free; an option without a default (None)
+    must say in its own words what happens without it (tests/test_cli_help.py).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings and action.nargs != 0 and not action.required
+            and default is not None and default is not argparse.SUPPRESS
+            and "default" not in text.lower()
+        ):
+            if isinstance(default, float) and default.is_integer():
+                default = int(default)
+            shown = str(default).replace("%", "%%")
+            text = f"{text} (default: {shown})" if text else f"default: {shown}"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,27 +62,35 @@ def _rundir(parser: argparse.ArgumentParser) -> None:
 def _connect(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connect", "-c", metavar="URI",
-        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else xen:///system)",
+        help="libvirt URI (default: libvirt's own choice: $LIBVIRT_DEFAULT_URI, else "
+             "uri_default in libvirt.conf, else the hypervisor libvirt finds)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Xen PV channels for libvirt hosts.")
+    parser = _Parser(prog=PROG, description="Xen PV channels for libvirt hosts.",
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--debug", action="store_true", help="log debug details to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     def command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=_HelpFormatter)
         p.set_defaults(handler=handler)
         return p
 
     p = command("convert", "convert:run", "convert channels between libvirt XML and xl.cfg")
-    p.add_argument("--to", required=True, choices=("xl", "libvirt"), help="output side")
+    p.add_argument("--to", required=True, choices=("xl", "libvirt"),
+                   help="output side: an xl.cfg channel line, or libvirt <channel> XML")
     p.add_argument("input", metavar="FILE",
                    help="domain XML (--to xl) or xl.cfg (--to libvirt); - for stdin")
-    p.add_argument("--into", metavar="FILE", help="print FILE with its channels replaced")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically")
+    p.add_argument("--into", metavar="FILE",
+                   help="print FILE with its channels replaced (default: the channels alone)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE atomically (default: standard output)")
     p.add_argument("--retarget-virtio", action="store_true",
                    help="turn virtio unix/pty channels into Xen channels")
 
@@ -67,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _rundir(p)
     p.add_argument("input", metavar="DOMAIN.xml", help="domain XML; - for stdin")
     p.add_argument("--all-targets", action="store_true", help="also allocate virtio channels")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE atomically")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE atomically (default: standard output)")
 
     p = command("define", "allocate:run_define", "fill a domain, then define it in libvirt")
     _rundir(p)
@@ -80,9 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--connect", "-c", metavar="URI", action="append",
                    help="read our metadata from libvirt at URI instead of the local "
-                        "registry (repeatable; hosts are queried concurrently)")
+                        "registry (repeatable; hosts are queried concurrently; default: "
+                        "the local registry)")
     p.add_argument("--hosts", metavar="FILE",
-                   help="read more URIs from FILE, one per line (# starts a comment)")
+                   help="read more URIs from FILE, one per line (# starts a comment; "
+                        "default: none)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long each host may take to answer (default 30)")
 
@@ -92,39 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--connect", "-c", metavar="URI",
                    help="read the domain's metadata from libvirt at URI instead of the "
-                        "local registry")
+                        "local registry (default: the local registry)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long the host may take to answer (default 30)")
 
     p = command("install-hooks", "install:run_install_hooks", "install the libvirt hook shims")
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                   help="libvirt's hooks directory")
     p.add_argument("--uninstall", action="store_true", help="remove our shims")
     p.add_argument("--config", metavar="FILE",
                    help="make the hooks read this settings file (libvirt passes them no "
-                        "environment, so $XEN_CHANNEL_CONFIG cannot reach them)")
+                        "environment, so $XEN_CHANNEL_CONFIG cannot reach them; default: "
+                        "/etc/xen-channel/xen-channel.conf)")
 
     p = command("doctor", "doctor:run", "check this host's set-up")
     _rundir(p)
-    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR")
+    p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
+                   help="libvirt's hooks directory")
 
     p = command("monitor", "monitor:run",
                 "follow libvirt events; keep metadata and registry current")
     _rundir(p)
     _connect(p)
-    p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="seconds between full comparisons of the registry with libvirt")
 
     p = command("send", "agent:run_send", "push a configuration to a guest and wait for its ack")
     _rundir(p)
     p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     p.add_argument("channel", metavar="CHANNEL", help="channel name")
     p.add_argument("--config", required=True, metavar="FILE.json", help="payload; - for stdin")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for the guest's acknowledgement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("broker", "broker:run_broker", "share each channel socket among local consumers")
     _rundir(p)
-    p.add_argument("--group", metavar="GROUP", help="group owning the consumer sockets")
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--group", metavar="GROUP",
+                   help="group owning the consumer sockets (default: group = in the settings "
+                        "file, else the group of the socket's directory)")
+    p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between looks at the registry")
     return parser
 
 
@@ -146,18 +188,16 @@ def main(
     try:
         if argv is None:
             argv = sys.argv[1:]
-        if any(a in ("-h", "--help") for a in argv):
-            # argparse prints help and exits; let it print to our stdout.
+        if any(a in ("-h", "--help", "--version") for a in argv):
+            # argparse prints help (or the version) and exits; let it print to our stdout.
             try:
                 with contextlib.redirect_stdout(streams.stdout):
                     parser.parse_args(argv)
             except SystemExit as exc:
                 return int(exc.code or 0)
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            stream=streams.stderr, format=f"{PROG}: %(message)s",
-            level=logging.DEBUG if args.debug else logging.INFO,
-        )
+        # Under systemd each line carries its syslog priority (service.py).
+        configure_logging(streams.stderr, f"{PROG}: %(message)s", debug=args.debug)
         return _resolve(args.handler)(args, streams)
     except XenChannelError as exc:
         streams.error(exc.message())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -85,6 +84,8 @@ def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
     address = environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
         return False  # unset, or a vsock address we do not speak
+    import socket  # here, not at the top: every command configures logging through us
+
     target = "\0" + address[1:] if address[0] == "@" else address
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
