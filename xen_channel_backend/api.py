@@ -391,3 +391,162 @@ def _describe(
         for c in (metadata.channels if metadata is not None else ())
     )
     return HostDomain(uri, name, uuid, driver, state, persistent, channels)
+
+
+# --- the guest agent: qemu-ga on a domain's org.qemu.guest_agent.0 channel ------
+#
+# One function per virsh guest-agent command (guestcmds.py prints them like
+# virsh).  Each opens the domain's agent socket from this host's registry
+# (through the broker when one serves it), syncs, runs its command(s) with
+# ``timeout`` seconds per phase, and closes.  Errors: UnknownDomain,
+# AgentNotConnected, AgentTimeout, AgentCommandDisabled, AgentError (the
+# guest's own error), AgentProtocolError, UntrustedPath.
+
+import collections.abc as _abc  # noqa: E402 - for this section's annotations only
+
+from .agenttypes import (  # noqa: E402 - re-exported: the result types below
+    GuestDisk,
+    GuestFilesystem,
+    GuestFSDisk,
+    GuestInfo,
+    GuestInterface,
+    GuestIPAddress,
+    GuestOSInfo,
+    GuestTime,
+    GuestTimezone,
+    GuestUser,
+)
+
+__all__ += [
+    "GuestDisk", "GuestFSDisk", "GuestFilesystem", "GuestIPAddress", "GuestInfo",
+    "GuestInterface", "GuestOSInfo", "GuestTime", "GuestTimezone", "GuestUser",
+    "agent_command", "agent_power", "fs_freeze", "fs_info", "fs_thaw", "get_time",
+    "guest_info", "interface_addresses", "set_time", "set_user_password",
+]
+
+#: Seconds per phase (the sync, then the command) unless the caller says otherwise.
+AGENT_TIMEOUT = 10.0
+
+
+def _agent(domain: str, rundir: str | None) -> Any:
+    from .qga import connect_agent
+
+    return connect_agent(domain, rundir=rundir)
+
+
+def agent_command(
+    domain: str, request: dict[str, Any], *, timeout: float = AGENT_TIMEOUT,
+    rundir: str | None = None,
+) -> dict[str, Any]:
+    """Pass one request (``{"execute": ..., "arguments": ...}``) through; return the reply.
+
+    The reply is the agent's whole answer object, ``{"return": VALUE}``, as
+    ``virDomainQemuAgentCommand`` returns it.  An error answer raises.
+    """
+    with _agent(domain, rundir) as agent:
+        reply: dict[str, Any] = agent.request(request, timeout=timeout).raw
+        return reply
+
+
+def interface_addresses(
+    domain: str, *, timeout: float = AGENT_TIMEOUT, rundir: str | None = None
+) -> tuple[GuestInterface, ...]:
+    """The guest's interfaces and addresses (``virsh domifaddr --source agent``)."""
+    from .guestcmds import get_interfaces
+
+    with _agent(domain, rundir) as agent:
+        return get_interfaces(agent, timeout)
+
+
+def guest_info(
+    domain: str, groups: _abc.Iterable[str] = (), *, timeout: float = AGENT_TIMEOUT,
+    rundir: str | None = None,
+) -> GuestInfo:
+    """``virsh guestinfo``: ``groups`` among users, os, timezone, hostname,
+    filesystems, disks, interfaces (none: all the agent supports).
+    ``GuestInfo.params()`` gives libvirt's typed-parameter keys."""
+    from .guestcmds import GUEST_INFO_GROUPS, get_guest_info
+
+    wanted = list(groups)
+    unknown = [g for g in wanted if g not in GUEST_INFO_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown guest info group(s): {', '.join(unknown)}")
+    with _agent(domain, rundir) as agent:
+        return get_guest_info(agent, wanted, timeout)
+
+
+def fs_freeze(
+    domain: str, mountpoints: _abc.Iterable[str] = (), *, timeout: float = AGENT_TIMEOUT,
+    rundir: str | None = None,
+) -> int:
+    """Freeze ``mountpoints`` (none: every filesystem of the guest); return how many froze."""
+    from .guestcmds import freeze_filesystems
+
+    with _agent(domain, rundir) as agent:
+        return freeze_filesystems(agent, list(mountpoints), timeout)
+
+
+def fs_thaw(domain: str, *, timeout: float = AGENT_TIMEOUT, rundir: str | None = None) -> int:
+    """Thaw every frozen filesystem; return how many thawed."""
+    from .guestcmds import thaw_filesystems
+
+    with _agent(domain, rundir) as agent:
+        return thaw_filesystems(agent, timeout)
+
+
+def fs_info(
+    domain: str, *, timeout: float = AGENT_TIMEOUT, rundir: str | None = None
+) -> tuple[GuestFilesystem, ...]:
+    """The guest's mounted filesystems (``virsh domfsinfo``)."""
+    from .guestcmds import get_filesystems
+
+    with _agent(domain, rundir) as agent:
+        return get_filesystems(agent, timeout)
+
+
+def set_user_password(
+    domain: str, user: str, password: str, *, encrypted: bool = False,
+    timeout: float = AGENT_TIMEOUT, rundir: str | None = None,
+) -> None:
+    """Set ``user``'s password in the guest (``encrypted``: ``password`` is a crypt(3) hash)."""
+    from .guestcmds import set_user_password as run
+
+    with _agent(domain, rundir) as agent:
+        run(agent, user, password, encrypted, timeout)
+
+
+def get_time(
+    domain: str, *, timeout: float = AGENT_TIMEOUT, rundir: str | None = None
+) -> GuestTime:
+    """The guest's clock."""
+    from .guestcmds import get_time as run
+
+    with _agent(domain, rundir) as agent:
+        return run(agent, timeout)
+
+
+def set_time(
+    domain: str, nanoseconds: int | None, *, timeout: float = AGENT_TIMEOUT,
+    rundir: str | None = None,
+) -> None:
+    """Set the guest's clock to ``nanoseconds`` since the epoch; None: from its hardware clock."""
+    from .guestcmds import set_time as run
+
+    with _agent(domain, rundir) as agent:
+        run(agent, nanoseconds, timeout)
+
+
+def agent_power(
+    domain: str, action: str, *, timeout: float = AGENT_TIMEOUT, rundir: str | None = None
+) -> bool:
+    """Shut the guest down or reboot it (``action``) through its agent.
+
+    True when the agent confirmed it took the request; False when it
+    stopped answering right after (the guest going down looks like that).
+    """
+    from .guestcmds import SHUTDOWN_MODES, shutdown
+
+    if action not in SHUTDOWN_MODES:
+        raise ValueError(f"action must be one of {', '.join(SHUTDOWN_MODES)}")
+    with _agent(domain, rundir) as agent:
+        return shutdown(agent, action, timeout)

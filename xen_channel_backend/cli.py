@@ -167,7 +167,79 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, else the group of the socket's directory)")
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
                    help="seconds between looks at the registry")
+
+    _guest_agent_commands(command)
     return parser
+
+
+def _guest_agent_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """virsh's guest-agent commands, through qemu-ga on org.qemu.guest_agent.0 (guestcmds.py)."""
+
+    def agent_command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
+        p = command(name, f"guestcmds:{handler}", help_text)
+        _rundir(p)
+        p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+        p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds to wait for the agent, per phase (sync, then command)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    p = agent_command("qemu-agent-command", "run_qemu_agent_command",
+                      "send a raw command to the guest's qemu-guest-agent")
+    p.add_argument("command", metavar="JSON", nargs="+",
+                   help='the request, e.g. \'{"execute":"guest-info"}\'')
+    p.add_argument("--pretty", action="store_true", help="indent the JSON reply")
+
+    p = agent_command("domifaddr", "run_domifaddr",
+                      "show the guest's interface addresses, as its agent reports them")
+    p.add_argument("--interface", metavar="NAME",
+                   help="only this interface (default: all)")
+    p.add_argument("--full", action="store_true",
+                   help="repeat the name and MAC address on every address line")
+    p.add_argument("--source", choices=("agent",), default="agent",
+                   help="where addresses come from; only the agent is available here")
+
+    p = agent_command("guestinfo", "run_guestinfo",
+                      "show what the guest agent reports (libvirt's typed-parameter keys)")
+    for flag, what in (("--user", "logged-in users"), ("--os", "operating system"),
+                       ("--timezone", "time zone"), ("--hostname", "host name"),
+                       ("--filesystem", "filesystems"), ("--disk", "disks"),
+                       ("--interface", "network interfaces")):
+        p.add_argument(flag, action="store_true", help=f"report {what} (none given: all)")
+
+    p = agent_command("domfsfreeze", "run_domfsfreeze", "freeze the guest's filesystems")
+    p.add_argument("--mountpoint", action="append", metavar="PATH",
+                   help="freeze only this mount point (repeatable; default: every filesystem)")
+
+    p = agent_command("domfsthaw", "run_domfsthaw", "thaw the guest's frozen filesystems")
+    p.add_argument("--mountpoint", action="append", metavar="PATH",
+                   help="refused, as by libvirt: qemu-ga thaws every frozen filesystem "
+                        "(default: all)")
+
+    agent_command("domfsinfo", "run_domfsinfo", "list the guest's mounted filesystems")
+
+    p = agent_command("set-user-password", "run_set_user_password",
+                      "set a guest user's password (read from a file or stdin, never argv)")
+    p.add_argument("user", metavar="USER", help="the guest account")
+    p.add_argument("--password-file", metavar="FILE",
+                   help="read the password from FILE, - for stdin (default: prompt on a "
+                        "terminal, else stdin)")
+    p.add_argument("--encrypted", action="store_true",
+                   help="the password is already a crypt(3) hash")
+
+    p = agent_command("domtime", "run_domtime", "get or set the guest's clock")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--now", action="store_true", help="set it to this host's time")
+    group.add_argument("--sync", action="store_true",
+                       help="set it from the guest's own hardware clock")
+    group.add_argument("--time", type=int, metavar="EPOCH",
+                       help="set it to EPOCH seconds (default: only read the time)")
+    p.add_argument("--pretty", action="store_true", help="print the time as a UTC date")
+
+    for name, what in (("shutdown", "shut down"), ("reboot", "reboot")):
+        p = agent_command(name, f"run_{name}", f"{what} the guest through its agent")
+        p.add_argument("--mode", required=True, choices=("agent",),
+                       help="how; only agent (qemu-ga's guest-shutdown) is available here")
 
 
 def _resolve(spec: str) -> Handler:
