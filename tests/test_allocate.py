@@ -66,10 +66,60 @@ def assert_valid(schema: etree.RelaxNG, xml: str) -> None:
 )
 def test_fill_golden(case: str, extra: tuple[str, ...], domain_schema: etree.RelaxNG) -> None:
     code, out, err = run("fill", "--rundir", RUNDIR, *extra, str(DATA / f"{case}.xml"))
-    assert (code, err) == (0, "")
+    # xen-pv.xml also has a virtio unix channel: without --all-targets fill says it skipped it.
+    skipped = f"xen-channel: warning: {DATA / 'xen-pv.xml'}: skipped 1 virtio unix channel(s) " \
+        "('org.qemu.guest_agent.0'): fill allocates Xen channels only; --all-targets " \
+        "allocates these too\n"
+    assert (code, err) == (0, skipped if (case, extra) == ("xen-pv", ()) else "")
     suffix = ".all-targets" if extra else ""
     check_golden(f"fill/{case}{suffix}.xml", out, xml=True)
     assert_valid(domain_schema, out)
+
+
+NO_CHANNEL = """<domain type='xen'>
+  <name>plain</name>
+  <uuid>0b7d4c1e-9a2f-4e63-b1d8-7f3a5c2e9d41</uuid>
+  <devices>
+    <console type='pty'/>
+    DEVICE
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.parametrize(("device", "what"), [
+    ("", "no <channel>"),
+    ("<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>",
+     "no Xen channel"),
+])
+def test_fill_says_so_when_there_is_nothing_to_allocate(device: str, what: str) -> None:
+    """It used to add an empty <xcb:channels/> without a word."""
+    domain = NO_CHANNEL.replace("DEVICE", device)
+    code, out, err = run("fill", "--rundir", RUNDIR, "-", stdin=domain)
+    assert (code, err) == (0, f"xen-channel: warning: <stdin>: the domain has {what}: "
+                              "nothing to allocate, no metadata added\n")
+    assert NAMESPACE not in out and "<metadata" not in out
+
+
+def test_fill_empties_our_metadata_when_the_channels_are_gone() -> None:
+    with_channel = run("fill", "--rundir", RUNDIR, str(DATA / "xen-pv.xml"), "--all-targets")[1]
+    root = etree.fromstring(with_channel.encode())
+    devices = root.find("devices")
+    assert devices is not None
+    for channel in devices.findall("channel"):
+        devices.remove(channel)
+    code, out, err = run("fill", "--rundir", RUNDIR, "-", stdin=etree.tostring(root).decode())
+    assert code == 0 and "nothing to allocate" not in err
+    # Still ours, now with no channels: the monitor must not keep stale ones.
+    assert read_domain_metadata(etree.fromstring(out.encode())) == []
+    assert f"{{{NAMESPACE}}}channels" in {e.tag for e in etree.fromstring(out.encode()).iter()}
+
+
+def test_fill_names_skipped_virtio_channels_only_without_all_targets() -> None:
+    code, _out, err = run("fill", "--rundir", RUNDIR, str(DATA / "xen-pv.xml"))
+    assert code == 0 and "'org.qemu.guest_agent.0'" in err and "--all-targets" in err
+    code, _out, err = run("fill", "--rundir", RUNDIR, "--all-targets", str(DATA / "xen-pv.xml"))
+    assert (code, err) == (0, "")
 
 
 def test_fill_is_idempotent() -> None:
@@ -223,7 +273,8 @@ def test_define_command_on_the_test_driver(tmp_path: Path) -> None:
     pytest.importorskip("libvirt", reason="libvirt-python is missing: pip install .[test]")
     source = tmp_path / "dom.xml"
     source.write_text(driver_domain("define-cmd"))
-    code, out, err = run("define", "--connect", "test:///default", "--rundir", RUNDIR, str(source))
+    code, out, err = run("define", "--connect", "test:///default", "--rundir", RUNDIR,
+                         "--all-targets", str(source))
     assert (code, err) == (0, "")
     assert out.startswith("Domain 'define-cmd' (") and out.endswith("defined on test:///default\n")
 
@@ -235,7 +286,7 @@ def test_define_uses_libvirt_default_uri(
     monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "test:///default")
     source = tmp_path / "dom.xml"
     source.write_text(driver_domain("define-default-uri"))
-    code, out, err = run("define", str(source))
+    code, out, err = run("define", "--all-targets", str(source))
     assert (code, err) == (0, "") and out.endswith("defined on test:///default\n")
 
 
@@ -244,9 +295,9 @@ def test_define_errors_are_one_line_naming_the_uri(tmp_path: Path) -> None:
     source = tmp_path / "dom.xml"
     without_os = driver_domain("define-bad").replace("<os><type arch='x86_64'>hvm</type></os>", "")
     source.write_text(without_os)
-    code, _out, err = run("define", "-c", "test:///default", str(source))
+    code, _out, err = run("define", "-c", "test:///default", "--all-targets", str(source))
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("xen-channel: error: libvirt at 'test:///default': cannot define")
     source.write_text(driver_domain("define-bad-uri"))
-    code, _out, err = run("define", "-c", "nosuchdriver:///x", str(source))
+    code, _out, err = run("define", "-c", "nosuchdriver:///x", "--all-targets", str(source))
     assert code == 1 and err.count("\n") == 1 and "'nosuchdriver:///x'" in err

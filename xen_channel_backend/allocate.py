@@ -42,6 +42,8 @@ from .errors import (
     PathNotAllowed,
     UnsupportedChannel,
     XmlInputError,
+    escaped,
+    shown,
 )
 from .model import Channel, Connection, Target
 from .paths import canonical_uuid, is_ours, socket_path
@@ -60,12 +62,16 @@ class Filled:
     ``channels`` are the managed channels (xen; with ``all_targets`` also
     virtio) with their final paths, in document order.  ``discarded_metadata``
     is set when an invalid ``<xcb:channels>`` (a hand edit) was replaced.
+    ``warnings`` are what the caller should tell the user: virtio unix
+    channels skipped for lack of ``all_targets``, and a domain with nothing
+    to manage (which gets no ``<xcb:channels>`` at all).
     """
 
     tree: etree._ElementTree
     uuid: str
     channels: list[Channel]
     discarded_metadata: InvalidMetadata | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def fill_domain(
@@ -107,8 +113,38 @@ def fill_domain(
     from .hook import check_channel_count
 
     check_channel_count(len(channels), f"{source}: the domain")
+    warnings = _skipped_virtio(root, source) if not all_targets else []
+    if not channels and not _has_our_metadata(root):
+        # Nothing to manage: an empty <xcb:channels/> would only make the
+        # monitor treat the domain as ours.  (One that had channels keeps
+        # its element, rewritten empty, so it does not list stale ones.)
+        what = "no <channel>" if not domxml.channel_elements(root) else "no Xen channel"
+        warnings.append(f"{escaped(source)}: the domain has {what}: nothing to allocate, "
+                        "no metadata added")
+        return Filled(tree, uuid, channels, None, warnings)
     discarded = set_domain_metadata(root, channels)
-    return Filled(tree, uuid, channels, discarded)
+    return Filled(tree, uuid, channels, discarded, warnings)
+
+
+def _skipped_virtio(root: etree._Element, source: str) -> list[str]:
+    """A warning naming the virtio unix channels that only ``--all-targets`` allocates."""
+    names = []
+    for element in domxml.channel_elements(root):
+        if domxml.target_type(element) == Target.VIRTIO.value and element.get("type") == "unix":
+            target = element.find("target")
+            name = target.get("name") if target is not None else None
+            names.append(shown(name) if name else "(no name)")
+    if not names:
+        return []
+    return [f"{escaped(source)}: skipped {len(names)} virtio unix channel(s) "
+            f"({', '.join(names)}): fill allocates Xen channels only; --all-targets "
+            "allocates these too"]
+
+
+def _has_our_metadata(root: etree._Element) -> bool:
+    from .metadata import NAMESPACE
+
+    return root.find(f"metadata/{{{NAMESPACE}}}channels") is not None
 
 
 def _ensure_uuid(root: etree._Element, source: str) -> str:
@@ -140,6 +176,8 @@ def _filled(args: argparse.Namespace, streams: Streams) -> Filled:
     settings = load_settings(args.rundir)
     data, label = read_input(args.input, streams)
     filled = fill_domain(data, label, settings, all_targets=args.all_targets)
+    for warning in filled.warnings:
+        streams.warn(warning)
     if filled.discarded_metadata is not None:
         streams.warn(f"replaced invalid metadata: {filled.discarded_metadata.message()}")
     return filled

@@ -82,7 +82,12 @@ def main(argv: Sequence[str] | None = None, stdout: IO[Any] | None = None) -> in
         except FileNotFoundError as exc:
             print(f"xen-channel-resources: error: {exc}", file=sys.stderr)
             return 1
-        getattr(out, "buffer", out).write(content)
+        buffer = getattr(out, "buffer", None)
+        if buffer is not None:
+            buffer.write(content)
+            buffer.flush()
+        else:
+            out.write(content.decode("utf-8", "replace"))
         return 0
     print("usage: python3 -m xen_channel_backend.resources list | cat NAME", file=sys.stderr)
     return 2
