@@ -56,7 +56,10 @@ def remove_record(rundir: Path, uuid: str) -> None:
 class BrokerProcess:
     """``python -m xen_channel_backend broker`` with its stderr in a file."""
 
-    def __init__(self, rundir: Path, log_path: Path, *extra: str) -> None:
+    def __init__(
+        self, rundir: Path, log_path: Path, *extra: str, nofile: int | None = None
+    ) -> None:
+        """``nofile``: the broker's RLIMIT_NOFILE (soft and hard), to run it short of fds."""
         self.log_path = log_path
         env = dict(os.environ)
         if "XEN_CHANNEL_CONFIG" not in env:
@@ -69,10 +72,21 @@ class BrokerProcess:
             [sys.executable, "-m", "xen_channel_backend", "broker", "--rundir", str(rundir),
              "--poll-interval", "0.05", *extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log, env=env,
+            preexec_fn=None if nofile is None else lambda: _limit_descriptors(nofile),
         )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the broker has used so far (from /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of proc(5); fields[0] is field 3.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_descriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def wait_log(self, text: str, count: int = 1) -> None:
         def seen() -> bool:
@@ -98,6 +112,12 @@ class BrokerProcess:
             self.proc.kill()
         self.proc.wait(WAIT)
         self._log.close()
+
+
+def _limit_descriptors(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 class FrameReader:

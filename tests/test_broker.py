@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -570,3 +572,158 @@ def test_a_symlink_at_the_qemu_socket_path_is_not_followed(
         broker.wait_log("cannot connect to QEMU socket")
         assert "it is not a socket (or is a symlink)" in broker.log()
         assert victim.connections == 0
+
+
+# --- out of descriptors (issue 9, defect 5) ------------------------------------------
+
+#: Enough for the interpreter, the log, the selector, the wake pair, one
+#: channel's listener and QEMU connection, and a few consumers.
+NOFILE = 24
+
+
+def _try_connect(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def test_out_of_descriptors_the_broker_pauses_instead_of_spinning_and_recovers(
+    rundir: Path, tmp_path: Path, domains: dict[str, Domain]
+) -> None:
+    """Before: accept() failed with EMFILE, the listener stayed readable, and the
+    loop spun at 65-100% CPU logging ~100,000 lines a second."""
+    broker = BrokerProcess(rundir, tmp_path / "broker.log", nofile=NOFILE)
+    held: list[socket.socket] = []
+    try:
+        broker.wait_log("watching registry")
+        vm = start_domain(rundir, domains, UUID_A, "vm-a")
+        first = connected(broker, vm)
+        # Far more clients than the broker has descriptors for; the rest wait
+        # in its listen backlog, which keeps the listener readable.
+        for _ in range(3 * NOFILE):
+            sock = _try_connect(vm.consumer_path())
+            if sock is not None:
+                held.append(sock)
+        wait_for(lambda: broker.open_descriptors() >= NOFILE - 1, "the broker to run out of fds")
+        cpu_before, lines_before = broker.cpu_seconds(), broker.log().count("\n")
+        window = 2.0
+        time.sleep(window)  # a measuring window, not a wait for a condition
+        cpu = broker.cpu_seconds() - cpu_before
+        lines = broker.log().count("\n") - lines_before
+        assert cpu < 0.25 * window, f"broker used {cpu:.2f} s of CPU in {window} s"
+        assert lines < 20, broker.log()[-2000:]
+        assert "out of file descriptors" in broker.log()
+        # The consumer that got in is still served throughout.
+        first.send({"type": "ping", "id": "while-short"})
+        vm.guest().reader.wait_message(lambda m: m["id"] == "while-short", "ping while short")
+        # Descriptors free up: the broker accepts again.
+        for sock in held:
+            sock.close()
+        held.clear()
+
+        broker.wait_log("accepting again")
+        later = Consumer(vm.consumer_path())
+        try:
+            vm.guest().send({"type": "pong", "id": "after"})
+            later.reader.wait_message(lambda m: m["id"] == "after", "a frame after recovery")
+        finally:
+            later.close()
+        assert broker.alive()
+    finally:
+        for sock in held:
+            sock.close()
+        broker.kill()
+
+
+def _refused(sock: socket.socket) -> bool:
+    """True once the broker closed this connection (accepted, then closed at once)."""
+    sock.settimeout(WAIT)
+    return sock.recv(1) == b""
+
+
+def test_consumers_are_capped_per_channel_and_in_total(
+    rundir: Path, domains: dict[str, Domain], caplog: pytest.LogCaptureFixture
+) -> None:
+    vm_a = start_domain(rundir, domains, UUID_A, "vm-a")
+    vm_b = start_domain(rundir, domains, UUID_B, "vm-b")
+    broker = Broker(str(rundir), poll_interval=0.05, max_consumers=2, max_consumers_total=3)
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    clients: list[Consumer] = []
+    try:
+        for vm in (vm_a, vm_b):
+            wait_for(lambda vm=vm: os.path.exists(vm.consumer_path()), "consumer socket")
+        clients += [Consumer(vm_a.consumer_path()) for _ in range(2)]
+        wait_for(lambda: broker.consumer_count == 2, "two consumers of vm-a")
+        over_channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        over_channel.connect(vm_a.consumer_path())
+        assert _refused(over_channel)  # a third on vm-a: over the per-channel limit
+        clients.append(Consumer(vm_b.consumer_path()))
+        wait_for(lambda: broker.consumer_count == 3, "a consumer of vm-b")
+        over_total = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        over_total.connect(vm_b.consumer_path())
+        assert _refused(over_total)  # a second on vm-b: over the total
+        # The ones that got in are served; one leaving makes room again.
+        vm_b.guest().send({"type": "pong", "id": "b"})
+        clients[2].reader.wait_message(lambda m: m["id"] == "b", "vm-b's frame")
+        clients.pop(0).close()
+        wait_for(lambda: broker.consumer_count == 2, "a consumer leaving")
+        clients.append(Consumer(vm_b.consumer_path()))
+        vm_b.guest().send({"type": "pong", "id": "b2"})
+        clients[-1].reader.wait_message(lambda m: m["id"] == "b2", "the late consumer served")
+        over_channel.close()
+        over_total.close()
+    finally:
+        for client in clients:
+            client.close()
+        broker.stop()
+        thread.join(WAIT)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("the channel has 2 consumers, the limit" in m for m in messages)
+    assert any("the broker serves 3 consumers, the limit" in m for m in messages)
+
+
+def test_repeated_log_lines_are_limited_and_counted(
+    rundir: Path, domains: dict[str, Domain], caplog: pytest.LogCaptureFixture
+) -> None:
+    vm = start_domain(rundir, domains, UUID_A, "vm-a")
+    broker = Broker(str(rundir), poll_interval=0.05, max_consumers=0)
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        wait_for(lambda: os.path.exists(vm.consumer_path()), "consumer socket")
+        for _ in range(3 * DROP_LOG_LIMIT):  # a client reconnecting in a loop
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(vm.consumer_path())
+            assert _refused(sock)
+            sock.close()
+    finally:
+        broker.stop()
+        thread.join(WAIT)
+    refusals = [r for r in caplog.records if "consumer refused" in r.getMessage()]
+    assert len(refusals) == DROP_LOG_LIMIT
+
+
+def test_lines_left_out_are_counted_in_the_next_window(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import types
+
+    from xen_channel_backend import broker as broker_module
+
+    clock = [0.0]
+    monkeypatch.setattr(broker_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    limiter = broker_module._LogLimiter("vm: ")
+    with caplog.at_level(logging.INFO, logger="xen_channel_backend"):
+        for _ in range(DROP_LOG_LIMIT + 5):
+            limiter.log("refused", logging.WARNING, "consumer refused")
+        clock[0] = broker_module.DROP_LOG_WINDOW
+        limiter.log("refused", logging.WARNING, "consumer refused")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines.count("broker: vm: consumer refused") == DROP_LOG_LIMIT + 1
+    assert "broker: vm: 5 more lines of this kind were not logged (refused)" in lines

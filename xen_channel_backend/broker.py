@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import grp
 import logging
 import os
@@ -42,7 +43,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from . import sockets
+from . import service, sockets
 from .errors import (
     InvalidSocketPath,
     SettingsError,
@@ -78,8 +79,23 @@ CONSUMER_BACKLOG_LIMIT: Final = 4 * MAX_FRAME
 UPSTREAM_HIGH_WATER: Final = 2 * MAX_FRAME
 UPSTREAM_LOW_WATER: Final = MAX_FRAME // 4
 
+#: Repeated log lines (dropped frames, refused consumers, ...): at most this
+#: many of one kind per channel (or for the broker) per window.
 DROP_LOG_LIMIT: Final = 20
 DROP_LOG_WINDOW: Final = 60.0
+
+#: Consumers served at once, per channel and in all.  Each consumer may hold
+#: CONSUMER_BACKLOG_LIMIT plus one partial frame, so the total bounds memory
+#: as well as descriptors (256 x 5 MiB); a consumer over a limit is accepted
+#: and closed at once, so it fails fast instead of hanging in the backlog.
+MAX_CONSUMERS_PER_CHANNEL: Final = 32
+MAX_CONSUMERS_TOTAL: Final = 256
+#: Out of descriptors, accept() fails while the listener stays readable: the
+#: loop would spin.  Listeners are then left out of the selector for a
+#: back-off that doubles from the first value to the second.
+ACCEPT_PAUSE_FIRST: Final = 0.05
+ACCEPT_PAUSE_MAX: Final = 1.0
+_OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 2.0
@@ -121,8 +137,8 @@ class ChannelSpec:
 
 
 def read_running_channels(
-    registry: Registry, allowed_roots: Sequence[str]
-) -> dict[tuple[str, str], ChannelSpec]:
+    registry: Registry, allowed_roots: Sequence[str], limited: _LogLimiter | None = None
+) -> tuple[dict[tuple[str, str], ChannelSpec], set[str] | None]:
     """Every brokerable channel of every running domain in the registry.
 
     Brokerable: a socket channel with a path below one of ``allowed_roots``
@@ -132,11 +148,24 @@ def read_running_channels(
     to a group: a path pointing elsewhere (libvirt's own socket, say) must
     never be proxied.  An unreadable record is logged and skipped: it must
     not cut every other domain off.
+
+    Also returns the UUIDs whose records could not be read (None: the
+    registry as a whole could not), so that what is served for them is
+    kept: a record unreadable for a moment (no descriptors left, say) does
+    not mean its domain stopped.
     """
     specs: dict[tuple[str, str], ChannelSpec] = {}
     records, problems = registry.scan()
+    unreadable: set[str] | None = set()
     for problem in problems:
-        log.warning("broker: %s; its channels are not served", problem.message())
+        (limited or _LogLimiter("")).log(
+            "registry", logging.WARNING, "%s; its channels are not served", problem.message()
+        )
+        name = os.path.basename(problem.path)
+        if unreadable is not None and name.endswith(".json"):
+            unreadable.add(name[: -len(".json")])
+        else:
+            unreadable = None
     for record in records:
         if record.state != RUNNING:
             continue
@@ -162,7 +191,7 @@ def read_running_channels(
                 )
                 continue
             specs[spec.key] = spec
-    return specs
+    return specs, unreadable
 
 
 _FRESH_NS: Final = 100_000_000
@@ -204,6 +233,37 @@ class RegistryWatcher:
 _Callback = Callable[[int], None]
 
 
+class _LogLimiter:
+    """At most DROP_LOG_LIMIT lines of each kind per DROP_LOG_WINDOW seconds.
+
+    Whatever repeats - a guest spewing garbage, a client reconnecting in a
+    loop, accept() failing for want of descriptors - must not flood the
+    journal.  The number of lines left out is reported with the first line
+    of that kind in the next window.  One per channel (it goes with the
+    channel) and one for the broker.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._windows: dict[str, list[float]] = {}  # kind -> [start, logged, left out]
+
+    def log(self, kind: str, level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        window = self._windows.get(kind)
+        if window is None or now - window[0] >= DROP_LOG_WINDOW:
+            if window is not None and window[2]:
+                log.warning(
+                    "broker: %s%d more lines of this kind were not logged (%s)",
+                    self.prefix, int(window[2]), kind,
+                )
+            window = self._windows[kind] = [now, 0, 0]
+        if window[1] < DROP_LOG_LIMIT:
+            window[1] += 1
+            log.log(level, "broker: " + self.prefix + message, *args)
+        else:
+            window[2] += 1
+
+
 class _Consumer:
     """One local client of one channel."""
 
@@ -234,11 +294,10 @@ class _Link:
         self.connect_problem: str | None = None
         self.backoff = 0.0
         self.next_attempt = 0.0
+        self.listening = False  # the listener is in the selector
         self.consumers: list[_Consumer] = []
         self.reading_consumers = True
-        self.drop_window_start = -DROP_LOG_WINDOW
-        self.drops_logged = 0
-        self.drops_unlogged = 0
+        self.limited = _LogLimiter(f"{spec.label}: ")
 
 
 class Broker:
@@ -252,12 +311,17 @@ class Broker:
         *,
         allowed_roots: Sequence[str] | None = None,
         backoff_max: float = BACKOFF_MAX,
+        max_consumers: int = MAX_CONSUMERS_PER_CHANNEL,
+        max_consumers_total: int = MAX_CONSUMERS_TOTAL,
     ) -> None:
         self.rundir = rundir
         self.allowed_roots = tuple(allowed_roots) if allowed_roots is not None else (rundir,)
         self.gid = gid
         self.poll_interval = poll_interval
         self.backoff_max = backoff_max
+        self.max_consumers = max_consumers
+        self.max_consumers_total = max_consumers_total
+        self.consumer_count = 0
         self.registry = Registry(rundir)
         self.watcher = RegistryWatcher(self.registry.records_dir)
         self._registry_problem: str | None = None
@@ -275,6 +339,12 @@ class Broker:
         self._stop_reason = ""
         self._rescan = False
         self._next_poll = 0.0
+        self.limited = _LogLimiter("")
+        # Out of descriptors: listeners are out of the selector until then.
+        self._accepting = True
+        self._accept_pause = 0.0
+        self._accept_resume_at = 0.0
+        self._short_since: float | None = None
 
     # -- control (safe from signal handlers and other threads)
 
@@ -296,6 +366,7 @@ class Broker:
     def run(self) -> int:
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         log.info("broker: watching registry %s", shown(self.rundir))
+        announced = False
         try:
             while not self._stopping:
                 now = time.monotonic()
@@ -303,11 +374,18 @@ class Broker:
                     force, self._rescan = self._rescan, False
                     self._next_poll = now + self.poll_interval
                     self._poll_registry(force)
+                    if not announced:
+                        # Registry read, consumer sockets bound: tell systemd (Type=notify).
+                        service.ready(f"serving {len(self.links)} channel(s) from {self.rundir}")
+                        announced = True
                 self._attempt_connections(now)
+                if not self._accepting and now >= self._accept_resume_at:
+                    self._resume_accepting()
                 for ready, mask in self.selector.select(self._timeout()):
                     callback: _Callback = ready.data
                     callback(mask)
             log.info("broker: stopping (%s)", self._stop_reason)
+            service.stopping(f"stopping ({self._stop_reason})")
         finally:
             for key in list(self.links):
                 self._remove_link(key, "broker stopping")
@@ -319,6 +397,8 @@ class Broker:
 
     def _timeout(self) -> float:
         deadline = self._next_poll
+        if not self._accepting:
+            deadline = min(deadline, self._accept_resume_at)
         for link in self._unconnected:
             deadline = min(deadline, link.next_attempt)
         return max(0.0, deadline - time.monotonic())
@@ -332,7 +412,9 @@ class Broker:
     def _poll_registry(self, force: bool) -> None:
         if self.watcher.changed() or force or self._registry_problem:
             try:
-                wanted = read_running_channels(self.registry, self.allowed_roots)
+                wanted, unreadable = read_running_channels(
+                    self.registry, self.allowed_roots, self.limited
+                )
             except OSError as exc:
                 # The registry directory itself is unreadable: keep serving
                 # what we have, and retry on every poll.
@@ -344,16 +426,20 @@ class Broker:
                 if self._registry_problem:
                     log.info("broker: registry readable again")
                 self._registry_problem = None
-                self._follow(wanted)
+                self._follow(wanted, unreadable)
         # A consumer socket that could not be created (its directory not
         # there yet, a live socket in the way) is retried on every poll.
         for link in self.links.values():
             if link.listener is None:
                 self._open_listener(link)
 
-    def _follow(self, wanted: dict[tuple[str, str], ChannelSpec]) -> None:
+    def _follow(
+        self, wanted: dict[tuple[str, str], ChannelSpec], unreadable: set[str] | None
+    ) -> None:
         for key, link in list(self.links.items()):
             spec = wanted.get(key)
+            if spec is None and (unreadable is None or key[0] in unreadable):
+                continue  # its record could not be read just now: keep serving it
             if spec is None:
                 self._remove_link(key, "domain is no longer running")
             elif spec.path != link.spec.path:
@@ -387,7 +473,7 @@ class Broker:
             self._drop_consumer(consumer, None)
         self._close_upstream(link)
         if link.listener is not None:
-            self.selector.unregister(link.listener)
+            self._set_listening(link, False)
             link.listener.close()
             link.listener = None
             self._unlink_own_socket(link)
@@ -409,9 +495,7 @@ class Broker:
             return
         link.listener, link.listener_id, link.listener_problem = listener, identity, None
         self._unconnected.add(link)
-        self.selector.register(
-            listener, selectors.EVENT_READ, lambda _m, link=link: self._on_accept(link)
-        )
+        self._set_listening(link, self._accepting)
         log.info("broker: %s: serving consumers at %s", link.spec.label, shown(link.consumer_path))
         link.next_attempt = 0.0
 
@@ -426,22 +510,92 @@ class Broker:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(link.consumer_path)
 
+    def _set_listening(self, link: _Link, listening: bool) -> None:
+        if link.listener is None or link.listening == listening:
+            return
+        if listening:
+            self.selector.register(
+                link.listener, selectors.EVENT_READ, lambda _m, link=link: self._on_accept(link)
+            )
+        else:
+            self.selector.unregister(link.listener)
+        link.listening = listening
+
     def _on_accept(self, link: _Link) -> None:
-        if link.listener is None:
-            return  # closed earlier in this batch of events
-        while True:
+        while link.listener is not None:  # None: closed earlier in this batch of events
             try:
                 sock, _addr = link.listener.accept()
             except (BlockingIOError, InterruptedError):
+                self._accepted_all()
                 return
-            except OSError as exc:  # EMFILE and friends: keep serving the rest
-                log.warning("broker: %s: accept failed: %s", link.spec.label, _describe(exc))
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause_accepting(exc)
+                else:  # ECONNABORTED and the like: that client is gone
+                    link.limited.log("accept", logging.WARNING, "accept failed: %s", _describe(exc))
                 return
+            if len(link.consumers) >= self.max_consumers:
+                sock.close()
+                link.limited.log(
+                    "refused", logging.WARNING,
+                    "consumer refused: the channel has %d consumers, the limit",
+                    len(link.consumers),
+                )
+                continue
+            if self.consumer_count >= self.max_consumers_total:
+                sock.close()
+                link.limited.log(
+                    "refused", logging.WARNING,
+                    "consumer refused: the broker serves %d consumers, the limit",
+                    self.consumer_count,
+                )
+                continue
             sock.setblocking(False)
             consumer = _Consumer(sock, link, _peer_of(sock))
             link.consumers.append(consumer)
+            self.consumer_count += 1
             self._set_consumer_events(consumer)
-            log.info("broker: %s: consumer %s connected", link.spec.label, consumer.peer)
+            link.limited.log("consumers", logging.INFO, "consumer %s connected", consumer.peer)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: stop watching every listener for a back-off.
+
+        EMFILE is the process's limit, so every listener would fail alike.
+        Consumers already connected are served meanwhile, and their leaving
+        is what frees descriptors; the clients waiting in the backlogs are
+        accepted once accept() works again.
+        """
+        now = time.monotonic()
+        pause = self._accept_pause
+        self._accept_pause = min(ACCEPT_PAUSE_MAX, pause * 2) if pause else ACCEPT_PAUSE_FIRST
+        self._accept_resume_at = now + self._accept_pause
+        self._accepting = False
+        for link in self.links.values():
+            self._set_listening(link, False)
+        if self._short_since is None:
+            self._short_since = now
+            self.limited.log(
+                "descriptors", logging.WARNING,
+                "out of file descriptors (%s) with %d consumers; not accepting more "
+                "until some leave (retrying every %g s at most)",
+                _describe(exc), self.consumer_count, ACCEPT_PAUSE_MAX,
+            )
+
+    def _resume_accepting(self) -> None:
+        self._accepting = True
+        for link in self.links.values():
+            self._set_listening(link, True)
+
+    def _accepted_all(self) -> None:
+        """A backlog was drained without running short: the shortage, if any, is over."""
+        if self._short_since is not None and self._accepting:
+            self.limited.log(
+                "descriptors", logging.INFO,
+                "accepting again after %.1f s without file descriptors",
+                time.monotonic() - self._short_since,
+            )
+            self._short_since = None
+            self._accept_pause = 0.0
 
     # -- consumers
 
@@ -517,33 +671,18 @@ class Broker:
         link = consumer.link
         if consumer in link.consumers:
             link.consumers.remove(consumer)
+            self.consumer_count -= 1
         if consumer.events:
             self.selector.unregister(consumer.sock)
             consumer.events = 0
         consumer.sock.close()
         consumer.closed = True
         if why is not None:
-            log.info("broker: %s: consumer %s %s", link.spec.label, consumer.peer, why)
+            link.limited.log("consumers", logging.INFO, "consumer %s %s", consumer.peer, why)
 
     def _log_drop(self, link: _Link, what: str) -> None:
-        """Log a dropped frame, at most DROP_LOG_LIMIT lines per channel per window.
-
-        A guest spewing garbage must not flood the journal; the count of
-        lines left out is reported with the first drop of the next window.
-        """
-        now = time.monotonic()
-        if now - link.drop_window_start >= DROP_LOG_WINDOW:
-            if link.drops_unlogged:
-                log.warning(
-                    "broker: %s: %d more dropped frames were not logged",
-                    link.spec.label, link.drops_unlogged,
-                )
-            link.drop_window_start, link.drops_logged, link.drops_unlogged = now, 0, 0
-        if link.drops_logged < DROP_LOG_LIMIT:
-            link.drops_logged += 1
-            log.warning("broker: %s: %s", link.spec.label, what)
-        else:
-            link.drops_unlogged += 1
+        """A dropped frame: logged, but at most DROP_LOG_LIMIT lines per channel per window."""
+        link.limited.log("dropped frames", logging.WARNING, "%s", what)
 
     def _set_reading_consumers(self, link: _Link, reading: bool) -> None:
         if link.reading_consumers == reading:
@@ -590,7 +729,8 @@ class Broker:
         link.connect_problem = None
         link.upstream_splitter.reset()
         self._set_upstream_events(link, selectors.EVENT_READ)
-        log.info("broker: %s: connected to QEMU socket %s", link.spec.label, shown(link.spec.path))
+        # A QEMU that accepts and closes in a loop must not flood the journal.
+        link.limited.log("qemu", logging.INFO, "connected to QEMU socket %s", shown(link.spec.path))
 
     def _connect_failed(self, link: _Link, now: float, problem: str) -> None:
         link.backoff = min(self.backoff_max, link.backoff * 2) if link.backoff else BACKOFF_FIRST
@@ -684,9 +824,9 @@ class Broker:
         link.next_attempt = now + link.backoff
         if link.listener is not None:
             self._unconnected.add(link)
-        log.warning(
-            "broker: %s: lost QEMU socket (%s); reconnecting in %.1fs",
-            link.spec.label, why, link.backoff,
+        link.limited.log(
+            "qemu", logging.WARNING, "lost QEMU socket (%s); reconnecting in %.1fs",
+            why, link.backoff,
         )
 
     def _close_upstream(self, link: _Link) -> None:
@@ -854,6 +994,24 @@ def resolve_group(group: str | None, source: str = "--group") -> int | None:
         raise SettingsError(source, f"no such group {shown(group)}") from None
 
 
+#: The soft descriptor limit the daemon asks for (each channel takes two
+#: descriptors, each consumer one); systemd's default soft limit is 1024.
+WANTED_DESCRIPTORS: Final = 65536
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE towards the hard one (selectors uses epoll,
+    so high descriptor numbers are fine); the caps and the accept pause
+    still guard whatever limit there is."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, WANTED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def run_broker(args: argparse.Namespace, streams: Streams) -> int:
     """``xen-channel broker``: run until SIGTERM/SIGINT; SIGHUP re-reads the registry."""
     del streams  # the daemon logs through logging, configured by cli.main
@@ -864,6 +1022,7 @@ def run_broker(args: argparse.Namespace, streams: Streams) -> int:
         gid = resolve_group(args.group)
     else:
         gid = resolve_group(settings.group, "settings: group")
+    _raise_descriptor_limit()
     broker = Broker(
         settings.rundir, gid, args.poll_interval, allowed_roots=settings.allowed_roots
     )
