@@ -11,13 +11,10 @@ which the golden files in tests/data/ pin byte for byte.
 
 from __future__ import annotations
 
-import dataclasses
-
-from .model import Connection
+from .model import Connection, Frozen
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Field:
+class Field(Frozen):
     """One Channel attribute and where each side keeps it.
 
     ``xml`` is ``(child, attribute)`` relative to ``<channel>``; ``"."`` means
@@ -26,10 +23,19 @@ class Field:
     pty's path silently (FACTS §3), so we never write one.
     """
 
+    __slots__ = ("attr", "xl_key", "xml", "xl_connections")
     attr: str
     xl_key: str
     xml: tuple[str, str] | None
-    xl_connections: frozenset[Connection] = frozenset(Connection)
+    xl_connections: frozenset[Connection]
+
+    # Not a dataclass: the hooks read XML by this table, and importing
+    # dataclasses costs each hook call ~8 ms (model.Frozen).
+    def __init__(
+        self, attr: str, xl_key: str, xml: tuple[str, str] | None,
+        xl_connections: frozenset[Connection] = frozenset(Connection),
+    ) -> None:
+        self._set(attr=attr, xl_key=xl_key, xml=xml, xl_connections=xl_connections)
 
 
 FIELDS: tuple[Field, ...] = (
