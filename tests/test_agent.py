@@ -54,7 +54,7 @@ def well_behaved(message: dict[str, Any]) -> list[bytes]:
         ]
     if kind == "config":
         items = protocol.payload_items(message["payload"])
-        results = [protocol.item_result(i, "applied") for i in items]
+        results = [{"item": i, "status": "applied", "detail": ""} for i in items]
         return [protocol.encode(protocol.ack(message["id"], results=results))]
     if kind == "ping":
         return [protocol.encode(protocol.pong(message["id"]))]
@@ -323,9 +323,9 @@ def test_rejected_and_partial_configs_raise_config_refused(qemu: BackendStandin)
         if message["payload"].get("hostname") == "reject":
             return [protocol.encode(protocol.ack(message["id"], error="no hostnames today"))]
         results = [
-            protocol.item_result("hostname", "applied"),
-            protocol.item_result("addresses/eth0", "failed", "no such device"),
-            protocol.item_result("ssh_keys/root", "unchanged"),
+            {"item": "hostname", "status": "applied", "detail": ""},
+            {"item": "addresses/eth0", "status": "failed", "detail": "no such device"},
+            {"item": "ssh_keys/root", "status": "unchanged", "detail": ""},
         ]
         return [protocol.encode(protocol.ack(message["id"], results=results))]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import typing
 from typing import Any
 
 import pytest
@@ -236,8 +237,8 @@ def test_constructors_match_the_contract() -> None:
 
 
 def test_ack_status_follows_the_results() -> None:
-    ok = protocol.item_result("hostname", "applied")
-    failed = protocol.item_result("addresses/eth0", "failed", "no such device")
+    ok = {"item": "hostname", "status": "applied", "detail": ""}
+    failed = {"item": "addresses/eth0", "status": "failed", "detail": "no such device"}
     assert protocol.ack("1", results=[ok])["status"] == "ok"
     assert protocol.ack("1", results=[ok, failed])["status"] == "partial"
     rejected = protocol.ack("1", error="payload must be an object")
@@ -372,8 +373,11 @@ def test_validate_message_dispatches_by_type() -> None:
         '"nonce" must be 32 lowercase hex digits',
     ]
     assert protocol.validate_message({"type": "future-thing"}) == []
-    # Error values from the decoder carry the protocol's own error codes.
-    assert set(protocol.ERROR_CODES) >= {"frame-too-large", "bad-frame"}
+    # Error values from the decoder carry the protocol's own error codes (4.7).
+    documented = {
+        "unknown-type", "bad-request", "unsupported-version", "frame-too-large", "bad-frame",
+    }
+    assert set(typing.get_args(protocol.FrameErrorCode)) <= documented
     assert json.loads(encode(protocol.error("1", "bad-frame", "x"))[1:])["code"] == "bad-frame"
 
 

@@ -45,18 +45,10 @@ ACK: Final = "ack"
 PING: Final = "ping"
 PONG: Final = "pong"
 ERROR: Final = "error"
-MESSAGE_TYPES: Final = frozenset({HELLO, HELLO_ACK, CONFIG, ACK, PING, PONG, ERROR})
 
 ACK_STATUSES: Final = ("ok", "partial", "error")
 ITEM_STATUSES: Final = ("applied", "unchanged", "failed", "unsupported")
 ITEM_OK_STATUSES: Final = frozenset({"applied", "unchanged"})
-ERROR_CODES: Final = (
-    "unknown-type",
-    "bad-request",
-    "unsupported-version",
-    "frame-too-large",
-    "bad-frame",
-)
 PAYLOAD_KEYS: Final = ("hostname", "addresses", "ssh_keys", "extra")
 #: The channel qemu-guest-agent serves: it speaks qemu-ga's JSON commands,
 #: not this protocol, so nothing here ever writes our frames into it.
@@ -270,11 +262,6 @@ def config(id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": CONFIG, "id": id, "payload": dict(payload)}
 
 
-def item_result(item: str, status: str, detail: str = "") -> dict[str, Any]:
-    """One entry of an ack's ``results`` list."""
-    return {"item": item, "status": status, "detail": detail}
-
-
 def ack(
     id: str,
     status: str | None = None,
@@ -375,11 +362,6 @@ def hostname_problem(name: object) -> str | None:
             "letters, digits and hyphens, none starting or ending with a hyphen)"
         )
     return None
-
-
-def validate_hostname(name: object) -> list[str]:
-    problem = hostname_problem(name)
-    return [] if problem is None else [f"hostname {problem}"]
 
 
 def interface_problem(name: object) -> str | None:
@@ -542,8 +524,8 @@ def validate_config_payload(payload: object) -> list[str]:
         problems.append(
             f"payload has unknown keys {shown(unknown)} (v1 knows {list(PAYLOAD_KEYS)})"
         )
-    if "hostname" in payload:
-        problems += validate_hostname(payload["hostname"])
+    if "hostname" in payload and (problem := hostname_problem(payload["hostname"])):
+        problems.append(f"hostname {problem}")
     if "addresses" in payload:
         problems += _validate_entries(
             payload["addresses"], "addresses", address_entry_problems, "interface"
