@@ -6,6 +6,8 @@ here they pin our parser to the recorded results without needing xl.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from xl_cases import XlCase, load_cases
 
@@ -129,6 +131,57 @@ def test_deep_nesting_is_parsed_without_recursion_and_bounded() -> None:
     assert value == ()
     with pytest.raises(XlConfigError, match="nested deeper"):
         xlcfg.parse_config(("x = " + "[ '1', " * 100_000).encode(), "f")
+
+
+#: 256 KiB xl.cfg files of the shapes that made the parser blow up (issue 9 defect 6).
+_MIB = 256 * 1024
+LARGE_SHAPES = {
+    "semicolons": b";" * _MIB,
+    "newlines and comments": b"# a comment\n\n" * (_MIB // 13),
+    "flat list": b"junk = [" + b"'x',\n" * (_MIB // 5) + b"]\n",
+    "one-line list": b"junk = [" + b"1," * (_MIB // 2) + b"]\n",
+    "nested lists": b"junk = [" + b"[]," * (_MIB // 3) + b"]\n",
+    "settings": b"a = 1\n" * (_MIB // 6),
+    "string += chain": b"s = ''\n" + b"s += 'x'\n" * (_MIB // 9),
+    "list += chain": b"l = []\n" + b"l += [1]\n" * (_MIB // 9),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(LARGE_SHAPES))
+def test_parsing_holds_no_object_per_token(shape: str) -> None:
+    # The parser used to build a token list and a value per setting: about
+    # 180 bytes per input byte (and quadratic time for `+=` chains).  It
+    # now validates the file with regular expressions and keeps only where
+    # each name's value is, so its peak memory is the decoded text plus a
+    # little.  tracemalloc counts Python's allocations exactly: no timing.
+    data = LARGE_SHAPES[shape]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        config = xlcfg.parse_config(data, "big.cfg")
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(data), f"{peak / len(data):.1f} bytes per input byte"
+    assert config.text.encode() == data
+
+
+def test_values_of_long_plus_equals_chains_are_whole_and_linear_in_memory() -> None:
+    count = 30_000
+    strings = xlcfg.parse_config(b"s = 'a'\n" + b"s += 'bc'\n" * count, "s.cfg")
+    lists = xlcfg.parse_config(b"l = [ 0 ]\n" + b"l += [ 1, '2' ]\n" * count, "l.cfg")
+    assert strings.value("s") == xlcfg.Atom("a" + "bc" * count, count + 1)
+    tracemalloc.start()
+    try:
+        value = lists.value("l")
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(value, tuple) and len(value) == 2 * count + 1
+    assert value[:3] == (xlcfg.Atom("0", 1), xlcfg.Atom("1", 2), xlcfg.Atom("2", 2))
+    assert value[-1] == xlcfg.Atom("2", count + 1)
+    # The result itself is about 8 + 48 bytes per item (a pointer and an Atom).
+    assert peak < 150 * len(value), f"{peak / len(value):.0f} bytes per item"
 
 
 def test_not_utf8_is_refused_with_its_line() -> None:

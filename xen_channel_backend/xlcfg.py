@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from array import array
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, TypeAlias
+from typing import TypeAlias
 
 from .errors import (
     InvalidChannelName,
@@ -84,24 +85,97 @@ class Setting:
     end: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class XlConfig:
-    """A parsed xl.cfg: its text and its settings in file order."""
+    """A parsed xl.cfg: its text, and where each setting's value is in it.
 
-    source: str
-    text: str
-    settings: tuple[Setting, ...]
-    #: What xl sees for each name: the last assignment plus any ``+=`` after it.
-    values: dict[str, XlValue] = dataclasses.field(default_factory=dict, compare=False)
-    #: Where xl's input ends: before a stray last byte that its lexer drops.
-    end: int = -1
+    Parsing validates the whole file but keeps no value: only, for each
+    name, where the settings that make its value start (the last ``=`` and
+    the ``+=`` after it), and where every ``channel`` setting starts.  A
+    value is built from the text when :meth:`value` asks for it.  So memory
+    stays near the size of the text whatever the file holds (issue 9: a
+    token list and a value per setting cost 180 bytes per input byte).
+    """
+
+    __slots__ = ("_appends", "_bases", "_channels", "end", "source", "text")
+
+    def __init__(
+        self,
+        source: str,
+        text: str,
+        end: int,
+        bases: dict[str, int],
+        appends: dict[str, array[int]],
+        channels: array[int],
+    ) -> None:
+        self.source = source
+        self.text = text
+        #: Where xl's input ends: before a stray last byte that its lexer drops.
+        self.end = end
+        # name -> start of the setting its value begins with (the last `=`).
+        self._bases = bases
+        # name -> [1 if that value is a list else 0, start of each `+=` after it].
+        self._appends = appends
+        # Start of every `channel` setting, in file order.
+        self._channels = channels
 
     def value(self, name: str) -> XlValue | None:
         """The value xl sees for ``name``: the last assignment plus any ``+=`` after it."""
-        return self.values.get(name)
+        base = self._bases.get(name)
+        if base is None:
+            return None
+        text = self.text
+        # appends[name] is the kind of the base value, then each `+=`.
+        starts = [base, *self._appends.get(name, (0,))[1:]]
+        line, counted = _line_at(text, base), base
+        pieces: list[XlValue] = []
+        for start in starts:
+            line += text.count("\n", counted, start)
+            counted = start
+            head = _SETTING_RE.match(text, start, self.end)
+            assert head is not None  # validated by parse_config
+            pieces.append(_build_value(text, head.end(), line))
+        first = pieces[0]
+        if len(pieces) == 1:
+            return first
+        # libxlu's xlu__cfg_set_store: strings join, lists extend (types were
+        # checked by parse_config).  One join: a chain of `+=` stays linear.
+        if isinstance(first, Atom):
+            last = pieces[-1]
+            assert isinstance(last, Atom)
+            return Atom("".join(p.text for p in pieces if isinstance(p, Atom)), last.line)
+        items: list[XlValue] = []
+        for piece in pieces:
+            assert isinstance(piece, tuple)
+            items.extend(piece)
+        return tuple(items)
 
     def channel_settings(self) -> list[Setting]:
-        return [s for s in self.settings if s.name == CHANNEL_SETTING]
+        """Every ``channel =`` and ``channel +=`` setting, in file order."""
+        settings: list[Setting] = []
+        text = self.text
+        line, counted = 1, 0
+        for start in self._channels:
+            line += text.count("\n", counted, start)
+            counted = start
+            head = _SETTING_RE.match(text, start, self.end)
+            assert head is not None
+            value = _build_value(text, head.end(), line)
+            end = _value_end(text, head.end(), self.end, self.source)
+            settings.append(Setting(head[1], head[2] == "+=", value, line, start, end))
+        return settings
+
+    def channel_spans(self) -> list[tuple[int, int]]:
+        """(start, end) of every ``channel`` setting, without building its value."""
+        spans = []
+        for start in self._channels:
+            head = _SETTING_RE.match(self.text, start, self.end)
+            assert head is not None
+            spans.append((start, _value_end(self.text, head.end(), self.end, self.source)))
+        return spans
+
+    def channel_line(self) -> int | None:
+        """The line of the last ``channel`` setting (the one xl's messages name)."""
+        return _line_at(self.text, self._channels[-1]) if self._channels else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,27 +186,73 @@ class ParsedChannels:
     warnings: tuple[str, ...]
 
 
-# --- lexer (libxlu_cfg_l.l) ---------------------------------------------------
+# --- lexer and parser (libxlu_cfg_l.l, libxlu_cfg_y.y) -------------------------
+#
+# The file is read in two passes, both by regular expressions that consume
+# many tokens per call and allocate nothing per token:
+#
+# 1. lexing: one match of "any number of tokens" must reach the end of the
+#    file (or a stray last byte, which flex drops); where it stops is the
+#    lexical error xl reports.  Lexing comes first as in the old token list,
+#    so a lexical error anywhere wins over a syntax error before it.
+# 2. syntax: settings, values and lists are checked by the grammar and
+#    only the start of each setting is kept (XlConfig).
+#
+# Every token pattern is one flex rule.  Flex takes the longest match: the
+# possessive quantifiers (*+) never give back, which is the same thing for
+# these patterns, and let a token run over millions of bytes without
+# building a backtracking stack.
 
-# One alternation per flex rule.  Flex takes the longest match and, on a tie,
-# the earlier rule; every rule here that can tie with another is listed in
-# flex's order, and `+=` (two characters) beats the one-character `+` of the
-# "looks like Python" rule because it is longer.
+_IDENT = r"[a-z][._0-9a-z]*+"
+_NUMBER = r"[0-9][0-9a-fx]*+"
+_STRING = r"""'[^'\\\n]*+(?:\\[^\n][^'\\\n]*+)*+'|"[^"\\\n]*+(?:\\[^\n][^"\\\n]*+)*+\""""
+# A string with only the escapes libxlu's dequote accepts (and we keep).
+_GOOD_STRING = r"""'(?:[^'\\\n]++|\\["'\\abfnrtv])*+'|"(?:[^"\\\n]++|\\["'\\abfnrtv])*+\""""
+# Spaces, newlines and comments: libxlu's `nlok` inside lists.
+_NL = r"(?:[ \t\n]++|\#[^\n]*+\n)*+"
+
+# One token, for messages (what xl says it found).
 _TOKEN_RE = re.compile(
-    r"""
-    [ \t]*  # flex's whitespace rule, folded into the next token's match
+    rf"""
+    [ \t]*+  # flex's whitespace rule, folded into the next token's match
     (?:
-      (?P<ident>[a-z][._0-9a-z]*)
-    | (?P<number>[0-9][0-9a-fx]*)
+      (?P<ident>{_IDENT})
+    | (?P<number>{_NUMBER})
     | (?P<punct>\+=|[,\[\]=;])
-    | (?P<newline>\n|\#[^\n]*\n)
-    | (?P<string>'[^'\\\n]*(?:\\[^\n][^'\\\n]*)*'|"[^"\\\n]*(?:\\[^\n][^"\\\n]*)*")
+    | (?P<newline>\n|\#[^\n]*+\n)
+    | (?P<string>{_STRING})
     )
     """,
     re.VERBOSE,
 )
+# Pass 1: as many good tokens as there are (runs of one-character tokens
+# and spaces in one step).
+_TOKENS_RE = re.compile(
+    rf"(?:[ \t;,\[\]=\n]++|\+=|{_IDENT}|{_NUMBER}|\#[^\n]*+\n|{_GOOD_STRING})*+"
+)
+# Pass 2: what may stand between settings (`;` and newlines, any number).
+_GAP_RE = re.compile(r"(?:[ \t;\n]++|\#[^\n]*+\n)*+")
+# NAME = or NAME +=, up to the value.
+_SETTING_RE = re.compile(rf"({_IDENT})[ \t]*+(\+?=)[ \t]*+")
+_ATOM_RE = re.compile(rf"{_NUMBER}|{_STRING}")
+_A_VALUE = "a value (a quoted string, a number or a [list])"
+_END_RE = re.compile(r"[ \t]*+(?:[;\n]|\#[^\n]*+\n|\Z)")
+# The common case in one match: NAME = an atom or a flat list of atoms (the
+# third group is its `[`), then `;`, a newline or the end.
+_ATOM = rf"(?:{_NUMBER}|{_STRING})"
+_SIMPLE_RE = re.compile(
+    rf"({_IDENT})[ \t]*+(\+?=)[ \t]*+"
+    rf"(?:{_ATOM}|(\[){_NL}(?:{_ATOM}{_NL},{_NL})*+(?:{_ATOM}{_NL})?\])"
+    r"[ \t]*+(?:[;\n]|\#[^\n]*+\n|\Z)"
+)
+# Inside a list: any number of `atom ,` items with the newlines around them,
+# and (below the depth limit, where `[` is always allowed) of `[ ] ,` too.
+_FLAT_ITEMS_RE = re.compile(rf"{_NL}(?:(?:{_NUMBER}|{_STRING}){_NL},{_NL})*+")
+_ITEMS_RE = re.compile(rf"{_NL}(?:(?:{_NUMBER}|{_STRING}|\[{_NL}\]){_NL},{_NL})*+")
+_NL_RE = re.compile(_NL)
+# Building a value: one token of it.
+_VALUE_TOKEN_RE = re.compile(rf"[ \t]*+(?:(\n|\#[^\n]*+\n)|({_NUMBER})|({_STRING})|([\[\],]))")
 
-_SPACES = re.compile(r"[ \t]*")
 _WORD = re.compile(r"[^ \t\n=]*")
 
 _SIMPLE_ESCAPES = {
@@ -147,58 +267,67 @@ _SIMPLE_ESCAPES = {
     "t": "\t",
     "v": "\v",
 }
+_ESCAPE_RE = re.compile(r"\\(.)")
 
 
-class _Token(NamedTuple):
-    kind: str  # ident, number, string, newline, eof, or the punctuation itself
-    text: str  # the dequoted text for strings
-    line: int
-    start: int
-    end: int
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
 
 
-class _Lexer:
+def _dequote(quoted: str, source: str, line: int) -> str:
+    # libxlu's xlu__cfgl_dequote.  Its \x escape always fails in 4.17 (it
+    # skips a digit and then demands more than two), and its octal escape
+    # either fails or drops the characters without storing any byte, so
+    # both are refused: the first as xl does, the second because xl would
+    # lose data silently.
+    body = quoted[1:-1]
+    if "\\" not in body:
+        return body
+    for escape in _ESCAPE_RE.finditer(body):
+        escaped = escape[1]
+        if escaped in _SIMPLE_ESCAPES:
+            continue
+        if escaped == "x":
+            detail = "invalid \\x escape in quoted string (xl 4.17 refuses every \\x escape)"
+        elif escaped in "01234567":
+            detail = (
+                f"octal escape \\{escaped} in quoted string: xl 4.17 drops such characters "
+                "or refuses the file"
+            )
+        else:
+            detail = f"invalid character {shown(escaped)} after backslash in quoted string"
+        raise XlConfigError(source, detail, line)
+    return _ESCAPE_RE.sub(lambda escape: _SIMPLE_ESCAPES[escape[1]], body)
+
+
+class _Checker:
+    """Both passes over one file; raises XlConfigError as xl would refuse it."""
+
     def __init__(self, text: str, source: str) -> None:
         self.text = text
         self.source = source
-        #: Where a stray last byte that xl drops starts (else the text's length).
-        self.stray = len(text)
+        self.end = len(text)
 
-    def error(self, line: int, detail: str) -> XlConfigError:
-        return XlConfigError(self.source, detail, line)
+    # -- pass 1: lexing
 
-    def tokens(self) -> list[_Token]:
-        text, pos, line = self.text, 0, 1
-        out: list[_Token] = []
-        size = len(text)
-        while pos < size:
-            match = _TOKEN_RE.match(text, pos)
-            if match is None:
-                pos = _SPACES.match(text, pos).end()  # type: ignore[union-attr]
-                if pos >= size:
-                    break
-                if pos == size - 1 and ord(text[pos]) < 0x80:
-                    # flex only reports a lexical error when its error rule
-                    # matches something after the bad byte; a bad last byte
-                    # (a stray '#', '(' or '\r' at EOF) is dropped without a
-                    # word, and xl accepts the file.
-                    self.stray = pos
-                    break
-                raise self.error(line, self._lexical_error(pos))
-            kind = match.lastgroup or ""
-            start, end = match.start(kind), match.end()
-            if kind == "newline":
-                out.append(_Token("newline", "", line, start, end))
-                line += 1
-            elif kind == "string":
-                out.append(_Token("string", self._dequote(match[kind], line), line, start, end))
-            elif kind == "punct":
-                out.append(_Token(match[kind], match[kind], line, start, end))
-            else:
-                out.append(_Token(kind, match[kind], line, start, end))
-            pos = end
-        out.append(_Token("eof", "", line, pos, pos))
-        return out
+    def lex(self) -> None:
+        text, size = self.text, len(self.text)
+        pos = _TOKENS_RE.match(text).end()  # type: ignore[union-attr]
+        if pos == size:
+            return
+        token = _TOKEN_RE.match(text, pos)
+        if token is not None and token.lastgroup == "string":
+            # Lexed, but with an escape that dequoting refuses.
+            _dequote(token["string"], self.source, _line_at(text, pos))
+            raise AssertionError("unreachable: a refused escape was accepted")
+        if pos == size - 1 and ord(text[pos]) < 0x80:
+            # flex only reports a lexical error when its error rule matches
+            # something after the bad byte; a bad last byte (a stray '#',
+            # '(' or '\r' at EOF) is dropped without a word, and xl accepts
+            # the file.
+            self.end = pos
+            return
+        raise XlConfigError(self.source, self._lexical_error(pos), _line_at(text, pos))
 
     def _lexical_error(self, pos: int) -> str:
         char = self.text[pos]
@@ -221,143 +350,169 @@ class _Lexer:
         hint = " (Python is no longer supported in xl.cfg)" if char in "+,-.():" else ""
         return f"lexical error at {shown(char)}{hint}"
 
-    def _dequote(self, quoted: str, line: int) -> str:
-        # libxlu's xlu__cfgl_dequote.  Its \x escape always fails in 4.17 (it
-        # skips a digit and then demands more than two), and its octal escape
-        # either fails or drops the characters without storing any byte, so
-        # both are refused: the first as xl does, the second because xl would
-        # lose data silently.
-        body = quoted[1:-1]
-        if "\\" not in body:
-            return body
-        out: list[str] = []
-        i = 0
-        while i < len(body):
-            char = body[i]
-            if char != "\\":
-                out.append(char)
-                i += 1
-                continue
-            escaped = body[i + 1]
-            i += 2
-            if escaped in _SIMPLE_ESCAPES:
-                out.append(_SIMPLE_ESCAPES[escaped])
-            elif escaped == "x":
-                raise self.error(
-                    line, "invalid \\x escape in quoted string (xl 4.17 refuses every \\x escape)"
-                )
-            elif escaped in "01234567":
-                raise self.error(
-                    line,
-                    f"octal escape \\{escaped} in quoted string: xl 4.17 drops such characters "
-                    "or refuses the file",
-                )
-            else:
-                raise self.error(
-                    line, f"invalid character {shown(escaped)} after backslash in quoted string"
-                )
-        return "".join(out)
+    # -- pass 2: syntax (the text lexes; every position here is a token boundary)
 
-
-# --- parser (libxlu_cfg_y.y) --------------------------------------------------
-
-
-class _Parser:
-    """Recursive descent over libxlu's LALR grammar; any error is fatal, as in xl."""
-
-    def __init__(self, tokens: list[_Token], source: str) -> None:
-        self.tokens = tokens
-        self.pos = 0
-        self.source = source
-
-    @property
-    def current(self) -> _Token:
-        return self.tokens[self.pos]
-
-    def advance(self) -> _Token:
-        token = self.tokens[self.pos]
-        self.pos += 1
-        return token
-
-    def expected(self, what: str) -> XlConfigError:
-        token = self.current
-        found = {"eof": "end of file", "newline": "end of line"}.get(token.kind)
-        if found is None:
-            found = shown(token.text) if token.kind == "string" else shown(token.text[:40])
-        detail = f"syntax error: expected {what}, found {found}"
-        return XlConfigError(self.source, detail, token.line)
-
-    def skip_newlines(self) -> None:
-        while self.current.kind == "newline":
-            self.advance()
-
-    def parse_file(self) -> list[Setting]:
-        settings: list[Setting] = []
-        while self.current.kind != "eof":
-            if self.current.kind in ("newline", ";"):
-                self.advance()
-                continue
-            if self.current.kind != "ident":
-                raise self.expected("a setting name")
-            settings.append(self.parse_assignment())
-            if self.current.kind in ("newline", ";"):
-                self.advance()
-            elif self.current.kind != "eof":
-                raise self.expected("`;' or a new line after the value")
-        return settings
-
-    def parse_assignment(self) -> Setting:
-        name = self.advance()
-        if self.current.kind not in ("=", "+="):
-            raise self.expected(f"`=' or `+=' after {shown(name.text)}")
-        append = self.advance().kind == "+="
-        value_line = self.current.line
-        value = self.parse_value()
-        end = self.tokens[self.pos - 1].end
-        return Setting(name.text, append, value, value_line, name.start, end)
-
-    def parse_value(self) -> XlValue:
-        """A string, a number, or a list of values (iterative: lists nest deeply)."""
-        # Each open list is the items read so far; a stack instead of
-        # recursion, so hostile nesting cannot exhaust Python's stack.
-        open_lists: list[list[XlValue]] = []
+    def parse(self) -> XlConfig:
+        text, end = self.text, self.end
+        bases: dict[str, int] = {}
+        appends: dict[str, array[int]] = {}
+        channels: array[int] = array("q")
+        mismatch: XlConfigError | None = None
+        gap, simple = _GAP_RE.match, _SIMPLE_RE.match
+        pos = 0
         while True:
-            token = self.current
-            if token.kind == "[":
-                if len(open_lists) >= MAX_LIST_DEPTH:
-                    raise XlConfigError(
+            pos = gap(text, pos, end).end()  # type: ignore[union-attr]
+            if pos >= end:
+                break
+            match = simple(text, pos, end)
+            if match is not None:
+                name, operator, bracket = match.group(1, 2, 3)
+                next_pos, is_list = match.end(), bracket is not None
+            else:
+                name, operator, next_pos, is_list = self._setting(pos)
+            if operator == "=" or name not in bases:
+                bases[name] = pos
+                appends.pop(name, None)
+            else:
+                chain = appends.get(name)
+                if chain is None:
+                    # The kind of the value so far, once per chain.
+                    appends[name] = chain = array("q", [self._is_list(bases[name])])
+                # libxlu's xlu__cfg_set_store: `+=` joins with the value so
+                # far, which must be of the same kind.
+                if mismatch is None and chain[0] != is_list:
+                    mismatch = XlConfigError(
                         self.source,
-                        f"lists nested deeper than {MAX_LIST_DEPTH} levels "
-                        "(xl's own parser gives up at a few thousand)",
-                        token.line,
+                        f'can\'t add [list] to "string" or vice versa ({shown(name)} +=)',
+                        _line_at(text, pos),
                     )
-                self.advance()
-                self.skip_newlines()
-                if self.current.kind != "]":
-                    open_lists.append([])
-                    continue  # read the first item
-                value: XlValue = ()
-                self.advance()
-            elif token.kind in ("string", "number"):
-                self.advance()
-                value = Atom(token.text, token.line)
+                chain.append(pos)
+            if name == CHANNEL_SETTING:
+                channels.append(pos)
+            pos = next_pos
+        if mismatch is not None:
+            # After every syntax error, as xl: it stores settings once parsed.
+            raise mismatch
+        return XlConfig(self.source, text, end, bases, appends, channels)
+
+    def _setting(self, pos: int) -> tuple[str, str, int, bool]:
+        """(name, operator, where the next setting may start, is a list) at ``pos``."""
+        text, end = self.text, self.end
+        head = _SETTING_RE.match(text, pos, end)
+        if head is None:
+            name = re.match(_IDENT, text[pos : pos + 100])
+            if name is None:
+                raise self._expected("a setting name", pos)
+            after = pos + len(name.group())
+            raise self._expected(f"`=' or `+=' after {shown(name.group())}", after)
+        value_end = _value_end(text, head.end(), end, self.source)
+        stop = _END_RE.match(text, value_end, end)
+        if stop is None:
+            raise self._expected("`;' or a new line after the value", value_end)
+        return head[1], head[2], stop.end(), text.startswith("[", head.end())
+
+    def _is_list(self, start: int) -> bool:
+        head = _SETTING_RE.match(self.text, start, self.end)
+        assert head is not None
+        return self.text.startswith("[", head.end())
+
+    def _expected(self, what: str, pos: int) -> XlConfigError:
+        return _expected(self.text, pos, self.end, self.source, what)
+
+
+def _expected(text: str, pos: int, end: int, source: str, what: str) -> XlConfigError:
+    """A syntax error naming the token at ``pos`` as xl's message would."""
+    token = _TOKEN_RE.match(text, pos, end)
+    if token is None:
+        found, at = "end of file", pos
+    else:
+        kind = token.lastgroup or ""
+        at = token.start(kind)
+        if kind == "newline":
+            found = "end of line"
+        elif kind == "string":
+            found = shown(_dequote(token[kind], source, _line_at(text, at)))
+        else:
+            found = shown(token[kind][:40])
+    detail = f"syntax error: expected {what}, found {found}"
+    return XlConfigError(source, detail, _line_at(text, at))
+
+
+def _value_end(text: str, pos: int, end: int, source: str) -> int:
+    """Where the value starting at ``pos`` ends; raise XlConfigError if there is none."""
+    if not text.startswith("[", pos, end):
+        atom = _ATOM_RE.match(text, pos, end)
+        if atom is None:
+            raise _expected(text, pos, end, source, _A_VALUE)
+        return atom.end()
+    # A list: a depth counter instead of recursion, so hostile nesting
+    # cannot exhaust Python's stack; flat runs of items in one match.
+    newlines, atoms = _NL_RE.match, _ATOM_RE.match
+    depth, pos = 1, pos + 1
+    while True:
+        # Just after `[` or `,`: a value, or `]`.
+        items = _ITEMS_RE if depth < MAX_LIST_DEPTH else _FLAT_ITEMS_RE
+        pos = items.match(text, pos, end).end()  # type: ignore[union-attr]
+        char = text[pos : pos + 1] if pos < end else ""
+        if char == "[":
+            if depth >= MAX_LIST_DEPTH:
+                raise XlConfigError(
+                    source,
+                    f"lists nested deeper than {MAX_LIST_DEPTH} levels "
+                    "(xl's own parser gives up at a few thousand)",
+                    _line_at(text, pos),
+                )
+            depth, pos = depth + 1, pos + 1
+            continue
+        if char == "]":
+            depth, pos = depth - 1, pos + 1
+        else:
+            atom = atoms(text, pos, end)
+            if atom is None:
+                raise _expected(text, pos, end, source, _A_VALUE)
+            pos = atom.end()
+        # A value is complete: the whole list, or an item of the open one.
+        while depth:
+            pos = newlines(text, pos, end).end()  # type: ignore[union-attr]
+            char = text[pos : pos + 1] if pos < end else ""
+            if char == "]":
+                depth, pos = depth - 1, pos + 1
+            elif char == ",":
+                pos += 1
+                break
             else:
-                raise self.expected("a value (a quoted string, a number or a [list])")
-            # A value is complete: it is the result, or the next item of a list.
-            while open_lists:
-                open_lists[-1].append(value)
-                self.skip_newlines()
-                if self.current.kind == ",":
-                    self.advance()
-                    self.skip_newlines()
-                    if self.current.kind != "]":
-                        break  # read the next item
-                elif self.current.kind != "]":
-                    raise self.expected("`,' or `]' in a list")
-                self.advance()
-                value = tuple(open_lists.pop())
-            else:
-                return value
+                raise _expected(text, pos, end, source, "`,' or `]' in a list")
+        else:
+            return pos
+
+
+def _build_value(text: str, pos: int, line: int) -> XlValue:
+    """The value at ``pos`` (on ``line``) of a checked text, with each atom's line."""
+    # Each open list is the items read so far: a stack, not recursion.
+    open_lists: list[list[XlValue]] = []
+    token = _VALUE_TOKEN_RE.match
+    while True:
+        match = token(text, pos)
+        assert match is not None  # the text was checked
+        pos = match.end()
+        newline, number, string, punct = match.groups()
+        value: XlValue
+        if number is not None:
+            value = Atom(number, line)
+        elif string is not None:
+            value = Atom(_dequote(string, "", line), line)
+        elif punct == "[":
+            open_lists.append([])
+            continue
+        elif punct == "]":
+            value = tuple(open_lists.pop())
+        else:
+            if newline is not None:
+                line += 1
+            continue  # a newline, a comment or a `,`
+        if not open_lists:
+            return value
+        open_lists[-1].append(value)
 
 
 def parse_config(data: bytes | str, source: str) -> XlConfig:
@@ -365,6 +520,7 @@ def parse_config(data: bytes | str, source: str) -> XlConfig:
 
     The file must be UTF-8 (deliberately stricter than xl, which takes any
     8-bit bytes): channel names are ASCII, and the file is re-emitted as text.
+    Time and memory are linear in the size of the file.
     """
     if isinstance(data, bytes):
         try:
@@ -378,33 +534,11 @@ def parse_config(data: bytes | str, source: str) -> XlConfig:
         # libxlu hands strings to C as NUL-terminated: a NUL truncates or crashes.
         line = text.count("\n", 0, text.index("\0")) + 1
         raise XlConfigError(source, "NUL byte in the file", line)
-    lexer = _Lexer(text, source)
-    tokens = lexer.tokens()
-    settings = tuple(_Parser(tokens, source).parse_file())
+    checker = _Checker(text, source)
+    checker.lex()
     # Also raises for `+=` of a list to a string, which xl refuses.
-    return XlConfig(source, text, settings, _effective_values(source, settings), lexer.stray)
+    return checker.parse()
 
-
-def _effective_values(source: str, settings: Iterable[Setting]) -> dict[str, XlValue]:
-    # libxlu's xlu__cfg_set_store: `+=` concatenates with the newest earlier
-    # setting of that name (strings join, lists extend) and a later `=`
-    # replaces everything before it.
-    values: dict[str, XlValue] = {}
-    for setting in settings:
-        previous = values.get(setting.name)
-        if not setting.append or previous is None:
-            values[setting.name] = setting.value
-        elif isinstance(previous, Atom) and isinstance(setting.value, Atom):
-            values[setting.name] = Atom(previous.text + setting.value.text, setting.value.line)
-        elif isinstance(previous, tuple) and isinstance(setting.value, tuple):
-            values[setting.name] = previous + setting.value
-        else:
-            raise XlConfigError(
-                source,
-                f'can\'t add [list] to "string" or vice versa ({shown(setting.name)} +=)',
-                setting.line,
-            )
-    return values
 
 
 # --- channel SPECs (xl_parse.c) -----------------------------------------------
@@ -515,10 +649,9 @@ def read_channels(config: XlConfig) -> ParsedChannels:
     value = config.value(CHANNEL_SETTING)
     if value is None:
         return ParsedChannels((), ())
-    settings = config.channel_settings()
     if isinstance(value, Atom):
         # xlu_cfg_get_list warns and xl carries on without channels.
-        where = f"{config.source}:{settings[-1].line}"
+        where = f"{config.source}:{config.channel_line()}"
         return ParsedChannels(
             (), (f"{where}: `channel' is a single value but should be a list; xl ignores it",)
         )
@@ -528,7 +661,7 @@ def read_channels(config: XlConfig) -> ParsedChannels:
         if not isinstance(item, Atom):
             # xl stops at the first item that is not a string and ignores
             # the rest without a word.
-            line = _first_line(item) or settings[-1].line
+            line = _first_line(item) or config.channel_line()
             raise XlConfigError(
                 config.source,
                 f"channel {index + 1} is a nested list; xl would silently ignore it "
@@ -638,7 +771,7 @@ def replace_channels(config: XlConfig, channels: Iterable[Channel]) -> str:
     channel_list = list(channels)
     new = format_setting(channel_list) if channel_list else None
     text = config.text
-    spans = [(s.start, s.end) for s in config.channel_settings()]
+    spans = config.channel_spans()
     if not spans:
         if new is None:
             return text
