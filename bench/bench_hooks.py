@@ -69,14 +69,15 @@ def install_host(base: str, tag: str) -> tuple[str, str]:
 
 def populate(rundir: str, count: int) -> None:
     """Register ``count`` running domains directly (setup, not measured)."""
-    from xen_channel_backend.model import Connection, Target
+    from xen_channel_backend.model import Channel, Connection, Target
     from xen_channel_backend.registry import RUNNING, ChannelRecord, DomainRecord, Registry
 
     registry = Registry(rundir)
     for index in range(count):
         uuid = str(uuidlib.UUID(int=index + 1))
         channels = tuple(
-            ChannelRecord(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}", Target.XEN, True)
+            ChannelRecord(Channel(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}",
+                                  target=Target.XEN), created_dir=True)
             for name in ("org.example.c0", "org.example.c1")
         )
         record = DomainRecord(uuid, f"filler{index}", "libxl", RUNNING, channels)

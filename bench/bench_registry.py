@@ -24,7 +24,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 
-from xen_channel_backend.model import Connection, Target
+from xen_channel_backend.model import Channel, Connection, Target
 from xen_channel_backend.registry import PREPARING, ChannelRecord, DomainRecord, Registry
 
 GOAL = 1.2
@@ -33,7 +33,7 @@ GOAL = 1.2
 def domain(index: int, rundir: str, tag: str = "d") -> DomainRecord:
     uuid = str(uuidlib.UUID(int=(1 if tag == "d" else 2) << 64 | index))
     channels = tuple(
-        ChannelRecord(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}", Target.XEN, True)
+        ChannelRecord(Channel(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}", target=Target.XEN), created_dir=True)
         for name in ("org.qemu.guest_agent.0", "org.example.config.0")
     )
     return DomainRecord(uuid, f"{tag}{index}", "qemu", PREPARING, channels)

@@ -245,7 +245,7 @@ def xl_channels(text: str, label: str) -> list[Any]:
     from xen_channel_backend import xlcfg
 
     parsed = xlcfg.read_channels(xlcfg.parse_config(text, label)).channels
-    return [dataclasses.replace(c, backend=None) for c in parsed]
+    return [c.replace(backend=None) for c in parsed]
 
 
 # --- part B: the scenario ------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 from waiting import WAIT, wait_for
 
-from xen_channel_backend.model import Connection, Target
+from xen_channel_backend.model import Channel, Connection, Target
 from xen_channel_backend.protocol import FrameError, FrameSplitter, encode, parse_frame
 from xen_channel_backend.registry import RUNNING, ChannelRecord, DomainRecord, Registry
 
@@ -42,7 +42,7 @@ def write_record(
     directory.mkdir(mode=0o750, parents=True, exist_ok=True)
     paths = {channel: str(directory / channel) for channel in channels}
     records = tuple(
-        ChannelRecord(c, Connection.SOCKET, p, Target.XEN, created_dir=True)
+        ChannelRecord(Channel(c, Connection.SOCKET, p, target=Target.XEN), created_dir=True)
         for c, p in paths.items()
     )
     Registry(str(rundir)).put(DomainRecord(uuid, name, "libxl", state, records))

@@ -43,7 +43,7 @@ from xen_channel_backend.broker import (
     Broker,
     broker_socket_for,
 )
-from xen_channel_backend.model import MAX_SOCKET_PATH, Connection, Target
+from xen_channel_backend.model import MAX_SOCKET_PATH, Channel, Connection, Target
 from xen_channel_backend.protocol import MAX_FRAME, encode
 from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 
@@ -554,7 +554,7 @@ def test_a_socket_outside_the_allowed_roots_is_never_proxied(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o750)
     with BackendStandin(elsewhere / "sock") as victim:
-        records = (ChannelRecord(CHANNEL, Connection.SOCKET, str(elsewhere / "sock"), Target.XEN),)
+        records = (ChannelRecord(Channel(CHANNEL, Connection.SOCKET, str(elsewhere / "sock"), target=Target.XEN)),)
         Registry(str(rundir)).put(DomainRecord(UUID_A, "vm-a", "libxl", "running", records))
         broker.wait_log("is outside the allowed roots; not served")
         assert victim.connections == 0

@@ -20,6 +20,7 @@ from hook_fixtures import HookHost, channel_xml, domain_xml, host, new_uuid
 from xen_channel_backend import cli, hook
 from xen_channel_backend import registry as registry_module
 from xen_channel_backend.errors import RegistryError
+from xen_channel_backend.model import Channel, Connection, Target
 from xen_channel_backend.registry import (
     MAX_CHANNELS,
     MAX_RECORD_BYTES,
@@ -110,8 +111,7 @@ def test_release_without_a_record_frees_leftover_claims(host: HookHost) -> None:
     xml, paths = two_channels(host, uuid)
     registry = Registry(host.rundir)
     registry.claim_paths(DomainRecord(uuid, "vm1", "libxl", "preparing", (
-        ChannelRecord("org.b.0", registry_module.Connection.SOCKET, paths[1],
-                      registry_module.Target.XEN),)))
+        ChannelRecord(Channel("org.b.0", Connection.SOCKET, paths[1], target=Target.XEN)),)))
     assert registry.claim_owner(paths[1]) == uuid and registry.by_uuid(uuid) is None
     assert call(host, "release", "end", xml) == (0, "")
     assert registry.claim_owner(paths[1]) is None
@@ -122,8 +122,7 @@ def test_orphan_claims_are_listed_and_released_only_without_a_record(host: HookH
     orphan, alive = new_uuid(), new_uuid()
     for uuid, path in ((orphan, f"{host.extra_root}/o"), (alive, f"{host.extra_root}/a")):
         record = DomainRecord(uuid, f"vm-{uuid[:4]}", "libxl", "running", (
-            ChannelRecord("c", registry_module.Connection.SOCKET, path,
-                          registry_module.Target.XEN),))
+            ChannelRecord(Channel("c", Connection.SOCKET, path, target=Target.XEN)),))
         registry.claim_paths(record)
         if uuid == alive:
             registry.put(record)
@@ -141,8 +140,7 @@ def test_orphan_claims_are_listed_and_released_only_without_a_record(host: HookH
 def test_the_largest_allowed_record_fits_the_read_limit() -> None:
     path = "/" + "\u00e9" * 53  # 107 bytes of characters JSON escapes to 6 bytes each
     channels = tuple(
-        ChannelRecord(f"{i:04d}" + "n" * 96, registry_module.Connection.SOCKET, path,
-                      registry_module.Target.XEN, True)
+        ChannelRecord(Channel(f"{i:04d}" + "n" * 96, Connection.SOCKET, path, target=Target.XEN), created_dir=True)
         for i in range(MAX_CHANNELS)
     )
     record = DomainRecord(new_uuid(), "d" * 1000, "libxl", "running", channels)
@@ -180,8 +178,7 @@ def test_fill_refuses_more_channels_than_the_registry_holds(host: HookHost) -> N
 
 def test_the_registry_refuses_to_write_a_record_it_could_not_read(host: HookHost) -> None:
     channels = tuple(
-        ChannelRecord("n" * 100, registry_module.Connection.PTY, "/" + "p" * 106,
-                      registry_module.Target.XEN)
+        ChannelRecord(Channel("n" * 100, Connection.PTY, "/" + "p" * 106, target=Target.XEN))
         for _ in range(5000)
     )
     with pytest.raises(RegistryError, match="over 1 MiB"):

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from xen_channel_backend.cli import main
-from xen_channel_backend.model import Connection, Target
+from xen_channel_backend.model import Channel, Connection, Target
 from xen_channel_backend.registry import RUNNING, ChannelRecord, DomainRecord, Registry
 
 UUID_A = "11111111-2222-3333-4444-555555555555"
 UUID_B = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+CONFIG_SOCKET = f"/run/xen-channel/{UUID_A}/org.example.config.0"
 
 
 @pytest.fixture
@@ -28,9 +29,11 @@ def rundir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     run = str(tmp_path / "run")
     reg = Registry(run)
     reg.put(DomainRecord(UUID_A, "web01", "libxl", RUNNING, (
-        ChannelRecord("org.example.config.0", Connection.SOCKET,
-                      f"{run}/{UUID_A}/org.example.config.0", Target.XEN, created_dir=True),
-        ChannelRecord("org.example.debug.0", Connection.PTY, "/dev/pts/7", Target.XEN),
+        # The record names a socket path, not the run directory it is kept in
+        # (pytest's tmp_path is too long to hold a socket itself).
+        ChannelRecord(Channel("org.example.config.0", Connection.SOCKET, CONFIG_SOCKET,
+                              target=Target.XEN), created_dir=True),
+        ChannelRecord(Channel("org.example.debug.0", Connection.PTY, "/dev/pts/7", target=Target.XEN)),
     )))
     reg.put(DomainRecord(UUID_B, "db\x1b[31m01", "qemu", "preparing"))
     return run
@@ -51,7 +54,7 @@ def test_list_json(rundir: str) -> None:
         "domain": "web01", "uuid": UUID_A, "driver": "libxl", "state": "running",
         "channels": [
             {"name": "org.example.config.0", "connection": "socket",
-             "path": f"{rundir}/{UUID_A}/org.example.config.0", "target": "xen"},
+             "path": CONFIG_SOCKET, "target": "xen"},
             {"name": "org.example.debug.0", "connection": "pty", "path": "/dev/pts/7",
              "target": "xen"},
         ],
@@ -90,7 +93,7 @@ def test_show_table(rundir: str) -> None:
     rows = [line.split() for line in out.splitlines()[5:]]
     assert rows == [
         ["CHANNEL", "CONNECTION", "TARGET", "PATH"],
-        ["org.example.config.0", "socket", "xen", f"{rundir}/{UUID_A}/org.example.config.0"],
+        ["org.example.config.0", "socket", "xen", CONFIG_SOCKET],
         ["org.example.debug.0", "pty", "xen", "/dev/pts/7"],
     ]
 

@@ -296,7 +296,7 @@ def test_second_reconcile_with_no_changes_does_no_work(settings: Settings, conn:
         registry = Registry(settings.rundir)
         record = registry.get(uuid)
         assert record is not None and record.state == "running"
-        registry.put(dataclasses.replace(record, state="stopped"))
+        registry.put(record.replace(state="stopped"))
         assert monitor.reconcile().synced == [uuid]
         assert record_state(settings, uuid) == "running"
     finally:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from xen_channel_backend.errors import PathConflict, RegistryError, UnsafeRegistryDir
-from xen_channel_backend.model import Connection, Target
+from xen_channel_backend.model import Channel, Connection, Target
 from xen_channel_backend.registry import (
     PREPARING,
     RUNNING,
@@ -33,10 +33,10 @@ UUID_B = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 
 def record(uuid: str, name: str, *paths: str, state: str = PREPARING) -> DomainRecord:
     channels = tuple(
-        ChannelRecord(f"ch{i}", Connection.SOCKET, p, Target.XEN, created_dir=True)
+        ChannelRecord(Channel(f"ch{i}", Connection.SOCKET, p, target=Target.XEN), created_dir=True)
         for i, p in enumerate(paths)
     )
-    pty = ChannelRecord("console.0", Connection.PTY, None, Target.VIRTIO)
+    pty = ChannelRecord(Channel("console.0", Connection.PTY, None, target=Target.VIRTIO))
     return DomainRecord(uuid, name, "qemu", state, (*channels, pty))
 
 

@@ -83,7 +83,7 @@ def _retarget(element: etree._Element, streams: Streams) -> Channel | None:
         streams.warn(f"skipping {_describe(element)}: {exc.detail}")
         return None
     # Re-validated as a Xen channel: a name is now required.
-    return dataclasses.replace(channel, target=Target.XEN)
+    return channel.replace(target=Target.XEN)
 
 
 def _describe(element: etree._Element) -> str:
@@ -117,7 +117,7 @@ def _to_xl(args: argparse.Namespace, streams: Streams) -> str:
     # the xl.cfg gave it, so an xl -> XML -> xl edit loses nothing.
     backends = xlcfg.backends_by_name(config)
     channels = [
-        dataclasses.replace(c, backend=backends[c.name]) if c.name in backends else c
+        c.replace(backend=backends[c.name]) if c.name in backends else c
         for c in channels
     ]
     return xlcfg.replace_channels(config, channels)
@@ -139,7 +139,7 @@ def _to_libvirt(args: argparse.Namespace, streams: Streams) -> str:
                 f"channel {shown(channel.name)}: backend={shown(channel.backend)} has no place "
                 "in libvirt XML; dropped"
             )
-    channels = [dataclasses.replace(c, backend=None) for c in parsed.channels]
+    channels = [c.replace(backend=None) for c in parsed.channels]
     if args.into is None:
         devices = etree.Element("devices")
         for channel in channels:

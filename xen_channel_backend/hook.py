@@ -39,7 +39,6 @@ the document losslessly, load lxml through domxml.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +51,7 @@ from .errors import (
     XmlInputError,
     shown,
 )
-from .model import Channel, Connection, Target
+from .model import Channel, Connection, Frozen, Target
 from .translate import connection_from_xml
 
 # Not typing.TYPE_CHECKING: importing typing costs every hook call (mypy
@@ -84,13 +83,16 @@ SOCKET_DIR_MODE = 0o750
 # --- reading the domain XML -----------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class ScannedDomain:
+class ScannedDomain(Frozen):
     """What the read-only operations need from the domain XML."""
 
+    __slots__ = ("name", "uuid", "channels")
     name: str | None
     uuid: str | None
     channels: tuple[Channel, ...]
+
+    def __init__(self, name: str | None, uuid: str | None, channels: tuple[Channel, ...]) -> None:
+        self._set(name=name, uuid=uuid, channels=tuple(channels))
 
 
 def scan_domain(
@@ -204,19 +206,22 @@ class _RawChannel:
 # --- one hook call ----------------------------------------------------------------
 
 
-@dataclasses.dataclass
 class HookCall:
     """One invocation: argv fields, the XML bytes, the streams and the environment."""
 
-    driver: str
-    domain: str
-    op: str
-    subop: str
-    data: bytes
-    stdout: IO[str]
-    stderr: IO[str]
-    environ: Mapping[str, str]
-    _settings: Settings | None = None
+    def __init__(
+        self, driver: str, domain: str, op: str, subop: str, data: bytes,
+        stdout: IO[str], stderr: IO[str], environ: Mapping[str, str],
+    ) -> None:
+        self.driver = driver
+        self.domain = domain
+        self.op = op
+        self.subop = subop
+        self.data = data
+        self.stdout = stdout
+        self.stderr = stderr
+        self.environ = environ
+        self._settings: Settings | None = None
 
     def warn(self, message: str) -> None:
         # Not the logging module: importing it costs the hook more than its work.
@@ -534,8 +539,7 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     for channel in current.channels:
         if (channel.connection is Connection.SOCKET and channel.path and channel.name
                 and os.path.basename(os.path.dirname(channel.path)).lower() == uuid):
-            channel = dataclasses.replace(
-                channel, path=socket_path(call.settings(), uuid, channel.name))
+            channel = channel.with_path(socket_path(call.settings(), uuid, channel.name))
         channels.append(channel)
     if tuple(channels) == current.channels:
         return False

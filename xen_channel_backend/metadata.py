@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from .domxml import indent_new_child, parse_untrusted, remove_keeping_layout
 from .errors import InvalidMetadata, XenChannelError, shown
-from .model import Channel, Connection, Target
+from .model import Channel, Connection, DomainState, Target
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 NAMESPACE = "urn:xen-channel-backend:channels:1"
 PREFIX = "xcb"
 #: Values of the ``state`` attribute: the registry's states (registry.py).
-STATES = ("preparing", "running", "stopped")
+STATES = tuple(state.value for state in DomainState)
 
 _CHANNELS = f"{{{NAMESPACE}}}channels"
 _CHANNEL = f"{{{NAMESPACE}}}channel"

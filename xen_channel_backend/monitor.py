@@ -521,8 +521,8 @@ class Monitor:
             return new
         if record.state == "preparing":
             return record  # the hooks are between prepare and started; they own it now
-        updated = dataclasses.replace(
-            record, name=name, state="running",
+        updated = record.replace(
+            name=name, state="running",
             channels=tuple(_with_live_path(c, live.get(c.name)) for c in record.channels),
         )
         if updated != record:
@@ -540,10 +540,11 @@ class Monitor:
         record = self.registry.by_uuid(uuid)
         if record is None or record.state != "running" or record.driver != self.driver:
             return
-        updated = dataclasses.replace(
-            record, state="stopped",
+        updated = record.replace(
+            state="stopped",
             channels=tuple(
-                dataclasses.replace(c, path=None) if c.connection is Connection.PTY else c
+                c.replace(channel=c.channel.with_path(None))
+                if c.connection is Connection.PTY else c
                 for c in record.channels
             ),
         )
@@ -590,7 +591,7 @@ def _live_channels(root: etree._Element, managed: set[str], label: str) -> list[
 def _with_live_path(record: ChannelRecord, live: Channel | None) -> ChannelRecord:
     if live is None or record.connection is not Connection.PTY:
         return record
-    return dataclasses.replace(record, path=live.path)
+    return record.replace(channel=record.channel.with_path(live.path))
 
 
 def _warn(message: str) -> None:

@@ -49,18 +49,24 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from .atomic import atomic_write, fsync_directory
-from .errors import InvalidUUID, PathConflict, RegistryError, UnsafeRegistryDir, shown
-from .model import Channel, Connection, Target
+from .errors import (
+    InvalidUUID,
+    PathConflict,
+    RegistryError,
+    UnsafeRegistryDir,
+    XenChannelError,
+    shown,
+)
+from .model import Channel, Connection, DomainState, Frozen, Target
 from .paths import canonical_uuid, make_dirs_nofollow
 
 TYPE_CHECKING = False  # not typing's: the hook imports this module on every call
@@ -68,79 +74,94 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-PREPARING = "preparing"
-RUNNING = "running"
-STOPPED = "stopped"
-STATES = (PREPARING, RUNNING, STOPPED)
+PREPARING = DomainState.PREPARING
+RUNNING = DomainState.RUNNING
+STOPPED = DomainState.STOPPED
 FORMAT_VERSION = 1
 #: A record is a few hundred bytes; anything this big is not ours.
 MAX_RECORD_BYTES = 1024 * 1024
 #: The most channels a domain may have.  The writer and the reader must
 #: agree: the largest record this allows (every name 100 characters, every
 #: path 107 bytes of characters JSON escapes as \uXXXX) stays well under
-#: MAX_RECORD_BYTES (tests/test_registry.py builds it), and the prepare hook
-#: and ``fill`` refuse a domain beyond it, so no record is ever written that
-#: ``list`` and the hooks could not read back.  A Linux guest sees at most
-#: seven Xen channels anyway (hvc1-hvc7).
+#: MAX_RECORD_BYTES (tests/test_hook_defects.py builds it), and the prepare
+#: hook and ``fill`` refuse a domain beyond it, so no record is ever written
+#: that ``list`` and the hooks could not read back.  A Linux guest sees at
+#: most seven Xen channels anyway (hvc1-hvc7).
 MAX_CHANNELS = 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class ChannelRecord:
-    """One channel as registered: ``created_dir`` tells release what to remove."""
+class ChannelRecord(Frozen):
+    """A registered channel: the model's :class:`Channel` plus what only the
+    registry knows, whether we created its directory (so release removes it).
 
-    name: str | None
-    connection: Connection
-    path: str | None
-    target: Target
-    created_dir: bool = False
+    Built through the model, so a record read back from disk is validated
+    like any other input.
+    """
+
+    __slots__ = ("channel", "created_dir")
+    channel: Channel
+    created_dir: bool
+
+    def __init__(self, channel: Channel, created_dir: bool = False) -> None:
+        if not isinstance(created_dir, bool):
+            raise TypeError("created_dir must be true or false")
+        self._set(channel=channel, created_dir=created_dir)
+
+    @property
+    def name(self) -> str | None:
+        return self.channel.name
+
+    @property
+    def connection(self) -> Connection:
+        return self.channel.connection
+
+    @property
+    def path(self) -> str | None:
+        return self.channel.path
+
+    @property
+    def target(self) -> Target:
+        return self.channel.target
 
     @classmethod
     def from_channel(cls, channel: Channel, created_dir: bool = False) -> ChannelRecord:
-        return cls(channel.name, channel.connection, channel.path, channel.target, created_dir)
+        return cls(channel, created_dir)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "connection": self.connection.value,
-            "path": self.path,
-            "target": self.target.value,
-            "created_dir": self.created_dir,
-        }
+        return {**self.channel.to_dict(), "created_dir": self.created_dir}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChannelRecord:
-        name, path, created = data["name"], data["path"], data["created_dir"]
-        if not (name is None or isinstance(name, str)) or not (
-            path is None or isinstance(path, str)
-        ):
-            raise TypeError("channel name and path must be strings or null")
-        if not isinstance(created, bool):
-            raise TypeError("created_dir must be true or false")
-        return cls(name, Connection(data["connection"]), path, Target(data["target"]), created)
+        return cls(Channel.from_dict(dict(data)), data["created_dir"])
 
 
-@dataclasses.dataclass(frozen=True)
-class DomainRecord:
+class DomainRecord(Frozen):
     """A domain as the registry knows it.  ``uuid`` is stored canonical."""
 
+    __slots__ = ("uuid", "name", "driver", "state", "channels")
     uuid: str
     name: str
     driver: str
-    state: str
-    channels: tuple[ChannelRecord, ...] = ()
+    state: DomainState
+    channels: tuple[ChannelRecord, ...]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "uuid", canonical_uuid(self.uuid))
-        if self.state not in STATES:
-            raise ValueError(f"state {self.state!r} is not one of {', '.join(STATES)}")
-        if not isinstance(self.name, str) or not self.name:
+    def __init__(
+        self, uuid: str, name: str, driver: str, state: str,
+        channels: Iterable[ChannelRecord] = (),
+    ) -> None:
+        if not isinstance(name, str) or not name:
             raise ValueError("a domain record needs a name")
-        if not isinstance(self.driver, str) or not self.driver:
+        if not isinstance(driver, str) or not driver:
             raise ValueError("a domain record needs a driver")
-        object.__setattr__(self, "channels", tuple(self.channels))
+        try:
+            known = DomainState(state)
+        except ValueError:
+            states = ", ".join(s.value for s in DomainState)
+            raise ValueError(f"state {state!r} is not one of {states}") from None
+        self._set(uuid=canonical_uuid(uuid), name=name, driver=driver, state=known,
+                  channels=tuple(channels))
 
-    def socket_paths(self) -> list[str]:
+    def socket_paths(self) -> builtins.list[str]:
         """The normalized socket paths this domain needs claimed, sorted."""
         return sorted(
             {
@@ -156,7 +177,7 @@ class DomainRecord:
             "uuid": self.uuid,
             "name": self.name,
             "driver": self.driver,
-            "state": self.state,
+            "state": self.state.value,
             "channels": [c.to_dict() for c in self.channels],
         }
 
@@ -167,8 +188,9 @@ class DomainRecord:
     def from_json(cls, data: str | bytes | Mapping[str, Any]) -> DomainRecord:
         """Build a record from JSON text or a decoded mapping.
 
-        Raises ValueError/TypeError/KeyError on anything malformed; the
-        registry turns those into RegistryError naming the file.
+        Raises ValueError/TypeError/KeyError (and the model's own errors for
+        a bad channel) on anything malformed; the registry turns those into
+        RegistryError naming the file.
         """
         obj = json.loads(data) if isinstance(data, str | bytes) else data
         if not isinstance(obj, Mapping):
@@ -473,6 +495,8 @@ class Registry:
             raise RegistryError(path, f"corrupt record: missing key {exc}") from None
         except (ValueError, TypeError) as exc:
             raise RegistryError(path, f"corrupt record: {exc}") from None
+        except XenChannelError as exc:
+            raise RegistryError(path, f"corrupt record: {exc.message()}") from None
         if record.uuid != uuid:
             raise RegistryError(path, f"record holds UUID {record.uuid}, not {uuid}")
         return record

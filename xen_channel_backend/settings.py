@@ -17,13 +17,12 @@ Hooks load settings on every call, so this module stays import-light
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
 
 from .errors import InvalidSocketPath, SettingsError
-from .model import validate_path
+from .model import Frozen, validate_path
 
 DEFAULT_CONFIG = "/etc/xen-channel/xen-channel.conf"
 DEFAULT_RUNDIR = "/run/xen-channel"
@@ -46,8 +45,7 @@ _KEYS = ("rundir", "group", "allowed_roots")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?")
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     """Resolved settings.
 
     ``rundir`` is absolute and normalized; ``allowed_roots`` always starts
@@ -55,9 +53,13 @@ class Settings:
     ``group`` is a group name or numeric gid (resolved by whoever chowns).
     """
 
+    __slots__ = ("rundir", "group", "allowed_roots")
     rundir: str
     group: str | None
     allowed_roots: tuple[str, ...]
+
+    def __init__(self, rundir: str, group: str | None, allowed_roots: tuple[str, ...]) -> None:
+        self._set(rundir=rundir, group=group, allowed_roots=tuple(allowed_roots))
 
 
 def load_settings(

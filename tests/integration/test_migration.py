@@ -217,14 +217,14 @@ def _refuse_by_a_claim(pair: TwoDaemons, uuid: str) -> Any:
     path = paths_on(pair.b, uuid)[0]
     pair.b.python(
         "import sys\n"
-        "from xen_channel_backend.model import Connection, Target\n"
+        "from xen_channel_backend.model import Channel, Connection, Target\n"
         "from xen_channel_backend.registry import (RUNNING, ChannelRecord, DomainRecord,\n"
         "    Registry)\n"
         "from xen_channel_backend.settings import load_settings\n"
         "registry = Registry(load_settings().rundir)\n"
         "record = DomainRecord(sys.argv[1], 'xcbtest-squatter', 'qemu', RUNNING,\n"
-        "    (ChannelRecord('org.example.test.0', Connection.SOCKET, sys.argv[2],\n"
-        "                   Target.VIRTIO),))\n"
+        "    (ChannelRecord(Channel('org.example.test.0', Connection.SOCKET, sys.argv[2],\n"
+        "                           target=Target.VIRTIO)),))\n"
         "registry.claim_paths(record)\n"
         "registry.put(record)\n",
         squatter, path,
