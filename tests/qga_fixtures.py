@@ -5,11 +5,12 @@ qemu-ga acts on the machine it runs on: it can freeze every filesystem
 down, suspend it, run commands, write files and change accounts.  So every
 qemu-ga started by the tests goes through :func:`start_qemu_ga`, which
 always passes ``--block-rpcs`` with :data:`DANGEROUS`.  A test may unblock
-one of the commands in :data:`CONFINABLE` only by also giving a
-``namespace_setup`` shell script: qemu-ga then runs inside ``unshare -m``
-after that script, which must confine the command (a loop-mounted image of
-the test's own for the freeze, a private copy of /etc for a password), and
-the freeze additionally goes through tests/freeze_guard.py.
+one of the commands in :data:`CONFINABLE` only by also running qemu-ga in a
+:class:`PrivateNamespace`: a private mount namespace (``unshare -m``) set up
+by a script that confines the command (a loop-mounted image of the test's
+own for the freeze, a private copy of /etc for a password), held open by a
+process of its own so it outlives qemu-ga until the test has cleaned up.
+The freeze additionally goes through tests/freeze_guard.py.
 
 The agent runs unmodified in isa-serial mode on the pty slave that
 tests/backend_standin.py bridges to the channel socket: the same path a
@@ -81,6 +82,46 @@ def blocked(allow: Sequence[str] = ()) -> str:
     return ",".join(c for c in DANGEROUS if c not in allow)
 
 
+class PrivateNamespace:
+    """A private mount namespace, set up by ``setup`` (sh, ``set -e``) and held by a process.
+
+    The holder prints ``ready`` only after the whole script succeeded, so a
+    failed confinement (a bind mount that did not happen) stops the test
+    before qemu-ga ever starts.  :meth:`enter` is the argv prefix that runs
+    a command inside; :meth:`run` runs one there now.
+    """
+
+    def __init__(self, setup: str) -> None:
+        if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+            pytest.skip("needs unshare and nsenter (util-linux)")
+        script = f"set -e\n{setup}\necho ready\nexec sleep 3600\n"
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line != "ready\n":
+            self.close()
+            stderr = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(f"private namespace set-up failed: {stderr}")
+
+    def enter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "--"]
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.enter(), *argv], capture_output=True, text=True,
+                              timeout=WAIT, check=False)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(WAIT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 class QemuGa:
     """One qemu-ga process on ``tty`` (a pty slave), with its own state directory."""
 
@@ -90,12 +131,12 @@ class QemuGa:
         statedir: str,
         *,
         allow: Sequence[str] = (),
-        namespace_setup: str | None = None,
+        namespace: PrivateNamespace | None = None,
         extra: Sequence[str] = (),
     ) -> None:
         require_qemu_ga()
-        if allow and namespace_setup is None:
-            raise AssertionError("unblocking a command needs a confining namespace_setup")
+        if allow and namespace is None:
+            raise AssertionError("unblocking a command needs a confining PrivateNamespace")
         os.makedirs(statedir, exist_ok=True)
         self.statedir = statedir
         self.log_path = os.path.join(statedir, "qemu-ga.log")
@@ -104,11 +145,8 @@ class QemuGa:
             "-f", os.path.join(statedir, "qemu-ga.pid"), "-l", self.log_path,
             f"--block-rpcs={blocked(allow)}", *extra,
         ]
-        if namespace_setup is not None:
-            # set -e: if the confinement fails, qemu-ga never starts.
-            script = f"set -e\n{namespace_setup}\nexec \"$@\"\n"
-            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                    "qemu-ga", *argv]
+        if namespace is not None:
+            argv = [*namespace.enter(), *argv]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
 
@@ -161,11 +199,16 @@ def agent_domain(
     name: str = "vm1",
     *,
     allow: Sequence[str] = (),
-    namespace_setup: str | None = None,
+    namespace: PrivateNamespace | None = None,
     base: str | None = None,
+    qemu_socket: str | None = None,
 ) -> Iterator[AgentDomain]:
     """Register ``name`` with an org.qemu.guest_agent.0 socket channel, as the hooks
-    would; serve the socket with the QEMU stand-in; run qemu-ga on its pty."""
+    would; serve the socket with the QEMU stand-in; run qemu-ga on its pty.
+
+    ``qemu_socket``: let the stand-in listen there instead of at the registered
+    path, so that something can sit between the client and QEMU (freeze_guard.py).
+    """
     require_qemu_ga()
     own_base = base is None
     base = base or short_base()
@@ -173,9 +216,9 @@ def agent_domain(
         rundir = os.path.join(base, "run")
         uuid = str(uuid_module.uuid4())
         socket_path = write_record(Path(rundir), uuid, name, [AGENT_CHANNEL])[AGENT_CHANNEL]
-        with BackendStandin(socket_path) as qemu:
+        with BackendStandin(qemu_socket or socket_path) as qemu:
             agent = QemuGa(qemu.guest_tty, os.path.join(base, "qga"), allow=allow,
-                           namespace_setup=namespace_setup)
+                           namespace=namespace)
             try:
                 yield AgentDomain(base, rundir, name, uuid, socket_path, qemu, agent)
             finally:
