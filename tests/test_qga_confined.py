@@ -210,4 +210,5 @@ def test_the_guests_refusal_is_one_line(private_etc: Any) -> None:
     code, out, err = run("set-user-password", "vm1", "no-such-user-xcb", "--rundir",
                          private_etc.rundir, stdin="pw\n")
     assert (code, out) == (1, "") and err.count("\n") == 1
-    assert "'guest-set-user-password' failed" in err
+    assert err.endswith("'guest-set-user-password' failed: 'GenericError': 'child process has "
+                        "failed to set user password'\n")
