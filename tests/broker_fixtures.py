@@ -35,7 +35,8 @@ def domain_dir(rundir: Path, uuid: str) -> Path:
 
 
 def write_record(
-    rundir: Path, uuid: str, name: str, channels: list[str], state: str = RUNNING
+    rundir: Path, uuid: str, name: str, channels: list[str], state: str = RUNNING,
+    driver: str = "libxl",
 ) -> dict[str, str]:
     """Register ``name`` as the hooks would; return {channel name: QEMU socket path}."""
     directory = domain_dir(rundir, uuid)
@@ -45,7 +46,7 @@ def write_record(
         ChannelRecord(Channel(c, Connection.SOCKET, p, target=Target.XEN), created_dir=True)
         for c, p in paths.items()
     )
-    Registry(str(rundir)).put(DomainRecord(uuid, name, "libxl", state, records))
+    Registry(str(rundir)).put(DomainRecord(uuid, name, driver, state, records))
     return paths
 
 
@@ -87,6 +88,14 @@ class BrokerProcess:
 
     def open_descriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def peak_rss(self) -> int:
+        """The broker's peak resident memory so far, in bytes (VmHWM)."""
+        with open(f"/proc/{self.proc.pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/PID/status")
 
     def wait_log(self, text: str, count: int = 1) -> None:
         def seen() -> bool:

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,8 +22,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backend_standin import BackendStandin
@@ -35,8 +37,9 @@ from broker_fixtures import (
     wait_for,
     write_record,
 )
+from qga_fixtures import QemuGa, require_qemu_ga
 
-from xen_channel_backend import cli
+from xen_channel_backend import cli, qga
 from xen_channel_backend.broker import (
     CONSUMER_BACKLOG_LIMIT,
     DROP_LOG_LIMIT,
@@ -253,7 +256,8 @@ def test_domains_that_are_not_running_or_libvirt_owned_are_not_served(
     rundir: Path, broker: BrokerProcess
 ) -> None:
     paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL], state="preparing")
-    agent = write_record(rundir, UUID_B, "vm-b", ["org.qemu.guest_agent.0"])
+    # libvirt's qemu driver connects to a domain's agent channel itself.
+    agent = write_record(rundir, UUID_B, "vm-b", ["org.qemu.guest_agent.0"], driver="qemu")
     write_record(rundir, "6c3f1b7e-0000-4000-8000-00000000000c", "vm-c", [CHANNEL])
     broker.wait_log("domain 'vm-c' channel 'org.example.agent.0': serving consumers")
     assert not os.path.exists(broker_socket_for(paths[CHANNEL]))
@@ -554,7 +558,8 @@ def test_a_socket_outside_the_allowed_roots_is_never_proxied(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir(mode=0o750)
     with BackendStandin(elsewhere / "sock") as victim:
-        records = (ChannelRecord(Channel(CHANNEL, Connection.SOCKET, str(elsewhere / "sock"), target=Target.XEN)),)
+        channel = Channel(CHANNEL, Connection.SOCKET, str(elsewhere / "sock"), target=Target.XEN)
+        records = (ChannelRecord(channel),)
         Registry(str(rundir)).put(DomainRecord(UUID_A, "vm-a", "libxl", "running", records))
         broker.wait_log("is outside the allowed roots; not served")
         assert victim.connections == 0
@@ -727,3 +732,280 @@ def test_lines_left_out_are_counted_in_the_next_window(
     lines = [r.getMessage() for r in caplog.records]
     assert lines.count("broker: vm: consumer refused") == DROP_LOG_LIMIT + 1
     assert "broker: vm: 5 more lines of this kind were not logged (refused)" in lines
+
+
+# --- agent mode: one qemu-ga shared in turns (issue 10) ------------------------------
+
+AGENT = "org.qemu.guest_agent.0"
+
+
+class AgentConsumer:
+    """A line-level qemu-ga client of the broker's consumer socket.
+
+    Smaller than qga.AgentClient (which the tests use too) and free to send
+    ``guest-sync`` itself, whose echoed id ties each answer to its request.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(WAIT)
+        self.sock.connect(path)
+        self.reader = qga.LineReader()
+
+    def event(self) -> qga.Event:
+        while (event := self.reader.next_event()) is None:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the broker closed the connection")
+            self.reader.feed(data)
+        return event
+
+    def sync(self, sync_id: int) -> None:
+        self.sock.sendall(qga.sync_request(sync_id))
+        assert isinstance(self.event(), qga.Marker)
+        line = self.event()
+        assert isinstance(line, qga.Line) and json.loads(line.data) == {"return": sync_id}
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.sock.sendall(qga.encode_request(request))
+        line = self.event()
+        assert isinstance(line, qga.Line), line
+        answer: dict[str, Any] = json.loads(line.data)
+        return answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _agent_commands(qemu_ga_log: str) -> list[tuple[str, int | None]]:
+    """(command, id) of every request qemu-ga read, in order (from its -v log)."""
+    found = re.findall(r'"execute":"([^"]+)"(?:,"arguments":\{"id":(\d+)\})?', qemu_ga_log)
+    return [(name, int(number) if number else None) for name, number in found]
+
+
+def test_two_consumers_share_the_real_qemu_ga_in_turns(rundir: Path, tmp_path: Path) -> None:
+    """Debian's qemu-ga on the stand-in's pty, dangerous commands blocked; two
+    consumers at once.  Every answer is the answer to its own request, and
+    qemu-ga sees a fresh guest-sync-delimited before every command."""
+    require_qemu_ga()
+    paths = write_record(rundir, UUID_A, "vm-a", [AGENT])
+    rounds = 25
+    with BackendStandin(paths[AGENT]) as qemu:
+        agent = QemuGa(qemu.guest_tty, str(tmp_path / "qga"), extra=["-v"])
+        broker = BrokerProcess(rundir, tmp_path / "broker.log")
+        try:
+            broker.wait_log("connected to QEMU socket")
+            consumer_path = broker_socket_for(paths[AGENT])
+            start = threading.Barrier(2, timeout=WAIT)
+            failures: list[BaseException] = []
+
+            def raw() -> None:
+                consumer = AgentConsumer(consumer_path)
+                try:
+                    consumer.sync(424242)  # answered by the broker, never by qemu-ga
+                    start.wait()
+                    for i in range(rounds):
+                        echo = {"execute": "guest-sync", "arguments": {"id": 1000 + i}}
+                        assert consumer.call(echo) == {"return": 1000 + i}
+                        if i % 5 == 0:
+                            blocked = consumer.call({"execute": "guest-exec",
+                                                     "arguments": {"path": "/bin/true"}})
+                            assert blocked["error"]["class"] == "CommandNotFound", blocked
+                except BaseException as exc:  # reported by the main thread
+                    failures.append(exc)
+                finally:
+                    consumer.close()
+
+            def client() -> None:
+                try:
+                    with qga.AgentClient(consumer_path) as agent_client:
+                        agent_client.sync(WAIT)
+                        start.wait()
+                        for i in range(rounds):
+                            assert agent_client.execute("guest-ping", timeout=WAIT) == {}
+                            if i % 5 == 0:
+                                info = agent_client.execute("guest-info", timeout=WAIT)
+                                assert isinstance(info, dict) and "version" in info, info
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [threading.Thread(target=raw), threading.Thread(target=client)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(4 * WAIT)
+            assert not failures, failures
+            expected = 2 * rounds + 2 * (rounds // 5)
+            commands: list[tuple[str, int | None]] = []
+
+            def logged() -> bool:
+                commands[:] = _agent_commands(agent.log())
+                return sum(name != "guest-sync-delimited" for name, _ in commands) >= expected
+
+            wait_for(logged, f"qemu-ga to log {expected} commands")
+        finally:
+            broker.kill()
+            agent.stop()
+    syncs = [number for name, number in commands if name == "guest-sync-delimited"]
+    requests = [name for name, _ in commands if name != "guest-sync-delimited"]
+    assert len(requests) == expected
+    # One fresh sync per turn, right before the turn's one command.
+    assert len(syncs) == len(requests) and len(set(syncs)) == len(syncs)
+    assert [name for name, _ in commands[::2]] == ["guest-sync-delimited"] * expected
+    assert 424242 not in syncs  # consumers' own syncs never reach the agent
+    # Both consumers' commands reached the agent, interleaved by turns.
+    assert {"guest-sync", "guest-exec", "guest-ping", "guest-info"} == set(requests)
+
+
+def test_the_agent_channel_is_served_for_libxl_domains_only(
+    rundir: Path, broker: BrokerProcess
+) -> None:
+    """Under libvirt's qemu driver, libvirt itself holds the agent's one connection."""
+    qemu_driver = write_record(rundir, UUID_A, "vm-kvm", [AGENT], driver="qemu")
+    xen = write_record(rundir, UUID_B, "vm-xen", [AGENT])
+    broker.wait_log(f"domain 'vm-xen' channel '{AGENT}': serving consumers")
+    assert not os.path.exists(broker_socket_for(qemu_driver[AGENT]))
+    assert os.path.exists(broker_socket_for(xen[AGENT]))
+
+
+@pytest.fixture
+def fake_agents() -> Iterator[Callable[[str, str], subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(mode: str, path: str) -> subprocess.Popen[str]:
+        fake = Path(__file__).with_name("fake_agent.py")
+        proc = subprocess.Popen([sys.executable, str(fake), mode, path],
+                                stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait(WAIT)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize("mode", ["silent", "wrong-id", "flood"])
+def test_an_agent_that_never_syncs_fails_each_turn_with_one_line(
+    rundir: Path, fake_agents: Callable[[str, str], Any], mode: str
+) -> None:
+    paths = write_record(rundir, UUID_A, "vm-a", [AGENT])
+    fake_agents(mode, paths[AGENT])
+    broker = Broker(str(rundir), poll_interval=0.05, agent_sync_timeout=0.5, agent_timeout=0.5)
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    consumers: list[AgentConsumer] = []
+    try:
+        consumer_path = broker_socket_for(paths[AGENT])
+        wait_for(lambda: os.path.exists(consumer_path), "consumer socket")
+        consumers = [AgentConsumer(consumer_path) for _ in range(2)]
+        for consumer in consumers:  # both queue at once; each gets its turn and its error
+            consumer.sock.sendall(qga.encode_command("guest-ping"))
+        for consumer in consumers:
+            line = consumer.event()
+            assert isinstance(line, qga.Line)
+            error = json.loads(line.data)["error"]
+            assert error["class"] == "GenericError"
+            assert error["desc"] == (
+                "xen-channel broker: qemu-ga did not answer guest-sync-delimited within "
+                "0.5 s (is it running in the guest?); guest-ping was not sent"
+            )
+    finally:
+        for consumer in consumers:
+            consumer.close()
+        broker.stop()
+        thread.join(WAIT)
+
+
+def test_a_huge_answer_line_is_dropped_with_bounded_memory(
+    rundir: Path, tmp_path: Path, fake_agents: Callable[[str, str], Any]
+) -> None:
+    """A guest answers with a 100 MB line: the broker's memory stays bounded,
+    the consumer gets one error line, and the next turn works."""
+    paths = write_record(rundir, UUID_A, "vm-a", [AGENT])
+    fake_agents("huge-line", paths[AGENT])
+    broker = BrokerProcess(rundir, tmp_path / "broker.log")
+    try:
+        broker.wait_log("connected to QEMU socket")
+        consumer = AgentConsumer(broker_socket_for(paths[AGENT]))
+        for _ in range(2):
+            answer = consumer.call({"execute": "guest-info"})
+            assert answer["error"]["desc"].startswith(
+                "xen-channel broker: the guest's answer to guest-info is over "
+            ), answer
+        consumer.close()
+        assert broker.peak_rss() < 96 * 1024 * 1024, broker.peak_rss()
+    finally:
+        broker.kill()
+
+
+def test_a_consumer_leaving_mid_turn_frees_the_agent(
+    rundir: Path, fake_agents: Callable[[str, str], Any]
+) -> None:
+    """silent-shutdown: guest-shutdown succeeds silently, as qemu-ga's does.  The
+    turn ends when its consumer leaves; the next consumer is served at once."""
+    paths = write_record(rundir, UUID_A, "vm-a", [AGENT])
+    fake_agents("silent-shutdown", paths[AGENT])
+    broker = Broker(str(rundir), poll_interval=0.05, agent_timeout=3600)
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        consumer_path = broker_socket_for(paths[AGENT])
+        wait_for(lambda: os.path.exists(consumer_path), "consumer socket")
+        first = AgentConsumer(consumer_path)
+        first.sock.sendall(qga.encode_command("guest-shutdown"))
+        wait_for(lambda: broker.links[(UUID_A, AGENT)].agent.synced, "the shutdown's turn")
+        second = AgentConsumer(consumer_path)
+        second.sock.sendall(qga.encode_command("guest-ping"))
+        first.close()  # gives up: the agent is free again
+        line = second.event()
+        assert isinstance(line, qga.Line) and json.loads(line.data) == {"return": {}}
+        second.close()
+    finally:
+        broker.stop()
+        thread.join(WAIT)
+
+
+def test_a_stalled_agent_fails_the_turn_and_the_next_turn_resyncs(
+    rundir: Path, tmp_path: Path
+) -> None:
+    """The real qemu-ga stops (SIGSTOP) right after answering: the next request,
+    written behind its sync, gets one error line saying it may have run; once
+    the agent runs again, its late answers are skipped by the next turn's sync."""
+    require_qemu_ga()
+    paths = write_record(rundir, UUID_A, "vm-a", [AGENT])
+    with BackendStandin(paths[AGENT]) as qemu:
+        agent = QemuGa(qemu.guest_tty, str(tmp_path / "qga"))
+        broker = Broker(str(rundir), poll_interval=0.05, agent_sync_timeout=0.5)
+        thread = threading.Thread(target=broker.run)
+        thread.start()
+        consumer: AgentConsumer | None = None
+        try:
+            consumer_path = broker_socket_for(paths[AGENT])
+            wait_for(lambda: os.path.exists(consumer_path), "consumer socket")
+            consumer = AgentConsumer(consumer_path)
+            echo = {"execute": "guest-sync", "arguments": {"id": 1}}
+            assert consumer.call(echo) == {"return": 1}  # cold: synced first; now warm
+            os.kill(agent.pid, signal.SIGSTOP)
+            try:
+                stalled = consumer.call({"execute": "guest-sync", "arguments": {"id": 2}})
+            finally:
+                os.kill(agent.pid, signal.SIGCONT)
+            assert stalled["error"]["desc"] == (
+                "xen-channel broker: qemu-ga did not answer guest-sync-delimited within 0.5 s "
+                "(is it running in the guest?); guest-sync may have been run"
+            )
+            # The late {"return": 2} (and the stalled sync's answer) must not pass
+            # for the answer to the next request.
+            assert consumer.call({"execute": "guest-sync", "arguments": {"id": 3}}) == {
+                "return": 3
+            }
+        finally:
+            if consumer is not None:
+                consumer.close()
+            broker.stop()
+            thread.join(WAIT)
+            agent.stop()

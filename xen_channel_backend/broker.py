@@ -25,10 +25,12 @@ whole state machine stays visible in this file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
 import grp
+import json
 import logging
 import os
 import secrets
@@ -43,7 +45,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from . import service, sockets
+from . import qga, service, sockets
 from .errors import (
     InvalidSocketPath,
     SettingsError,
@@ -66,9 +68,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: libvirt itself connects to this channel (its qemu-ga client); holding its
-#: one connection would lock libvirt out, and it does not speak our protocol.
-LIBVIRT_OWNED_CHANNELS: Final = frozenset({"org.qemu.guest_agent.0"})
+#: qemu-guest-agent's channel.  It speaks qemu-ga's protocol, not ours, and is
+#: served in *agent mode* (one command at a time, a fresh sync every turn).
+#: Under libvirt's qemu driver libvirt itself holds its one connection, so
+#: only libxl domains' agent channels are served.
+AGENT_CHANNEL: Final = qga.AGENT_CHANNEL
+AGENT_DRIVERS: Final = frozenset({"libxl"})
 
 _READ_SIZE: Final = 256 * 1024
 #: Queued guest frames a consumer may fall behind by before it is dropped,
@@ -96,6 +101,21 @@ MAX_CONSUMERS_TOTAL: Final = 256
 ACCEPT_PAUSE_FIRST: Final = 0.05
 ACCEPT_PAUSE_MAX: Final = 1.0
 _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: Agent mode.  A turn first syncs (guest-sync-delimited with a fresh id,
+#: repeated at doubling intervals from AGENT_SYNC_INTERVAL) for at most
+#: AGENT_SYNC_TIMEOUT, then waits AGENT_ANSWER_TIMEOUT at most for the
+#: answer; a command that never answers (guest-shutdown succeeding) holds
+#: the agent no longer than that.
+AGENT_SYNC_INTERVAL: Final = 1.0
+AGENT_SYNC_TIMEOUT: Final = 10.0
+AGENT_ANSWER_TIMEOUT: Final = 30.0
+#: Longest answer line from the guest: it must fit a consumer's backlog.
+AGENT_MAX_LINE: Final = CONSUMER_BACKLOG_LIMIT - 1024
+#: Longest request line from a consumer, and requests it may queue before
+#: the broker stops reading from it.
+AGENT_MAX_REQUEST: Final = 1024 * 1024
+AGENT_MAX_QUEUED: Final = 8
 
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 2.0
@@ -126,6 +146,7 @@ class ChannelSpec:
     domain_name: str
     channel: str
     path: str
+    agent: bool = False  # qemu-ga's channel, served in agent mode
 
     @property
     def key(self) -> tuple[str, str]:
@@ -143,7 +164,8 @@ def read_running_channels(
 
     Brokerable: a socket channel with a path below one of ``allowed_roots``
     (the settings' run directory and roots, which the prepare hook enforced
-    too), not one libvirt connects to itself.  Paths are re-checked here
+    too), not one libvirt connects to itself (the agent channel of a
+    qemu-driver domain).  Paths are re-checked here
     because the broker connects to them as root and hands the connection
     to a group: a path pointing elsewhere (libvirt's own socket, say) must
     never be proxied.  An unreadable record is logged and skipped: it must
@@ -174,10 +196,13 @@ def read_running_channels(
                 channel.connection is not Connection.SOCKET
                 or channel.name is None
                 or channel.path is None
-                or channel.name in LIBVIRT_OWNED_CHANNELS
+                or (channel.name == AGENT_CHANNEL and record.driver not in AGENT_DRIVERS)
             ):
                 continue
-            spec = ChannelSpec(record.uuid, record.name, channel.name, channel.path)
+            spec = ChannelSpec(
+                record.uuid, record.name, channel.name, channel.path,
+                agent=channel.name == AGENT_CHANNEL,
+            )
             try:
                 validate_name(channel.name)
                 validate_path(channel.path, channel.name)
@@ -275,6 +300,10 @@ class _Consumer:
         self.outgoing = bytearray()
         self.events = 0
         self.closed = False
+        # Agent mode: request lines cut from the consumer's stream, and the
+        # ones waiting for a turn (already re-encoded: one line each).
+        self.lines = qga.LineReader(AGENT_MAX_REQUEST) if link.spec.agent else None
+        self.requests: collections.deque[tuple[str, bytes]] = collections.deque()
 
 
 class _Link:
@@ -298,6 +327,50 @@ class _Link:
         self.consumers: list[_Consumer] = []
         self.reading_consumers = True
         self.limited = _LogLimiter(f"{spec.label}: ")
+        self.agent = _AgentTurns() if spec.agent else None
+
+
+class _AgentTurns:
+    """Agent mode: qemu-ga shared in turns, one command at a time.
+
+    A turn is one request of one consumer: a fresh ``guest-sync-delimited``
+    (its answer is found among stale output by qga.SyncWaiter), then the
+    request, then its one answer line, which goes to that consumer only.
+    Consumers wait in ``waiting``, in order; one with more requests goes
+    to the back after its turn, so nobody holds the agent for long.
+
+    While the agent is *warm* (the last turn on this connection got its
+    answer), the request is written right behind the sync instead of
+    after its answer: qemu-ga reads and answers in order, so the line after
+    the sync's answer is still the request's, and the turn costs one round
+    trip instead of two.  A cold agent (just connected, or after any
+    failure) is synced first and sent the request only once it answered,
+    with the sync repeated meanwhile, so a request is never sent to an
+    agent that may not be there and never sent twice.
+    """
+
+    def __init__(self) -> None:
+        self.reader = qga.LineReader(AGENT_MAX_LINE)
+        self.waiting: collections.deque[_Consumer] = collections.deque()
+        self.turn: _Consumer | None = None
+        self.command = ""
+        self.request = b""
+        self.waiter = qga.SyncWaiter()
+        self.synced = False
+        self.after_marker = False
+        self.deadline = 0.0
+        self.next_sync = 0.0
+        self.sync_interval = AGENT_SYNC_INTERVAL
+        self.turns = 0
+        self.warm = False
+        self.pipelined = False  # this turn's request went right behind its sync
+
+    def next_timer(self) -> float:
+        if self.turn is None:
+            return float("inf")
+        if self.synced or self.pipelined:
+            return self.deadline
+        return min(self.deadline, self.next_sync)
 
 
 class Broker:
@@ -313,6 +386,8 @@ class Broker:
         backoff_max: float = BACKOFF_MAX,
         max_consumers: int = MAX_CONSUMERS_PER_CHANNEL,
         max_consumers_total: int = MAX_CONSUMERS_TOTAL,
+        agent_timeout: float = AGENT_ANSWER_TIMEOUT,
+        agent_sync_timeout: float = AGENT_SYNC_TIMEOUT,
     ) -> None:
         self.rundir = rundir
         self.allowed_roots = tuple(allowed_roots) if allowed_roots is not None else (rundir,)
@@ -321,7 +396,11 @@ class Broker:
         self.backoff_max = backoff_max
         self.max_consumers = max_consumers
         self.max_consumers_total = max_consumers_total
+        self.agent_timeout = agent_timeout
+        self.agent_sync_timeout = agent_sync_timeout
         self.consumer_count = 0
+        # Agent-mode links with a turn in progress: the only ones with timers.
+        self._agent_links: set[_Link] = set()
         self.registry = Registry(rundir)
         self.watcher = RegistryWatcher(self.registry.records_dir)
         self._registry_problem: str | None = None
@@ -381,6 +460,8 @@ class Broker:
                 self._attempt_connections(now)
                 if not self._accepting and now >= self._accept_resume_at:
                     self._resume_accepting()
+                if self._agent_links:
+                    self._agent_tick(now)
                 for ready, mask in self.selector.select(self._timeout()):
                     callback: _Callback = ready.data
                     callback(mask)
@@ -399,6 +480,9 @@ class Broker:
         deadline = self._next_poll
         if not self._accepting:
             deadline = min(deadline, self._accept_resume_at)
+        for link in self._agent_links:
+            assert link.agent is not None
+            deadline = min(deadline, link.agent.next_timer())
         for link in self._unconnected:
             deadline = min(deadline, link.next_attempt)
         return max(0.0, deadline - time.monotonic())
@@ -469,6 +553,8 @@ class Broker:
         link = self.links.pop(key)
         del self._by_consumer_path[link.consumer_path]
         self._unconnected.discard(link)
+        if link.agent is not None:
+            link.agent.waiting.clear()  # no new turns for consumers about to go
         for consumer in list(link.consumers):
             self._drop_consumer(consumer, None)
         self._close_upstream(link)
@@ -600,7 +686,10 @@ class Broker:
     # -- consumers
 
     def _set_consumer_events(self, consumer: _Consumer) -> None:
-        events = selectors.EVENT_READ if consumer.link.reading_consumers else 0
+        # Agent mode: a consumer with AGENT_MAX_QUEUED requests waiting is not
+        # read until its turns come (memory stays bounded per consumer).
+        reading = consumer.link.reading_consumers and len(consumer.requests) < AGENT_MAX_QUEUED
+        events = selectors.EVENT_READ if reading else 0
         if consumer.outgoing:
             events |= selectors.EVENT_WRITE
         if events == consumer.events:
@@ -642,6 +731,9 @@ class Broker:
                 )
             self._drop_consumer(consumer, "disconnected")
             return
+        if link.agent is not None:
+            self._agent_read_consumer(consumer, data)
+            return
         for item in consumer.splitter.feed(data):
             frame = _checked(item)
             if isinstance(frame, str):
@@ -677,6 +769,12 @@ class Broker:
             consumer.events = 0
         consumer.sock.close()
         consumer.closed = True
+        if link.agent is not None:
+            consumer.requests.clear()
+            with contextlib.suppress(ValueError):
+                link.agent.waiting.remove(consumer)
+            if link.agent.turn is consumer:
+                self._agent_end_turn(link)  # the late answer is skipped by the next sync
         if why is not None:
             link.limited.log("consumers", logging.INFO, "consumer %s %s", consumer.peer, why)
 
@@ -690,6 +788,194 @@ class Broker:
         link.reading_consumers = reading
         for consumer in link.consumers:
             self._set_consumer_events(consumer)
+
+    # -- agent mode (org.qemu.guest_agent.0)
+
+    def _agent_read_consumer(self, consumer: _Consumer, data: bytes) -> None:
+        """Cut a consumer's bytes into requests and queue them for turns."""
+        assert consumer.lines is not None
+        consumer.lines.feed(data)
+        while not consumer.closed and (event := consumer.lines.next_event()) is not None:
+            if isinstance(event, qga.Marker):
+                continue  # a delimited sync follows; its own line says so
+            if isinstance(event, qga.Overlong):
+                self._agent_answer(
+                    consumer, _agent_error(f"request over {AGENT_MAX_REQUEST} bytes; dropped")
+                )
+                continue
+            self._agent_request(consumer, event.data)
+        self._agent_next_turn(consumer.link)
+
+    def _agent_request(self, consumer: _Consumer, line: bytes) -> None:
+        agent = consumer.link.agent
+        assert agent is not None
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError):
+            request = None
+        if not isinstance(request, dict):
+            self._agent_answer(consumer, _agent_error("the request is not a JSON object"))
+            return
+        if request.get("execute") == "guest-sync-delimited":
+            # The consumer's own sync: it drops whatever it had outstanding.
+            # Answered here: every turn begins with the broker's own fresh
+            # sync, so all a consumer ever reads are answers to its requests.
+            arguments = request.get("arguments")
+            sync_id = arguments.get("id") if isinstance(arguments, dict) else None
+            if type(sync_id) is not int:
+                problem = _agent_error("guest-sync-delimited needs an integer id")
+                self._agent_answer(consumer, problem)
+                return
+            consumer.requests.clear()
+            with contextlib.suppress(ValueError):
+                agent.waiting.remove(consumer)
+            if agent.turn is consumer:
+                self._agent_end_turn(consumer.link)
+            self._set_consumer_events(consumer)
+            answer = json.dumps({"return": sync_id}).encode("ascii")
+            self._agent_answer(consumer, b"\xff" + answer + b"\n")
+            return
+        try:
+            # Re-encoded: one line, ASCII, nothing smuggled after it.
+            encoded = qga.encode_request(request)
+        except ValueError as exc:
+            self._agent_answer(consumer, _agent_error(str(exc)))
+            return
+        consumer.requests.append((str(request["execute"]), encoded))
+        if consumer is not agent.turn and consumer not in agent.waiting:
+            agent.waiting.append(consumer)
+        if len(consumer.requests) >= AGENT_MAX_QUEUED:
+            self._set_consumer_events(consumer)
+
+    def _agent_answer(self, consumer: _Consumer, data: bytes) -> None:
+        if consumer.closed:
+            return
+        if len(consumer.outgoing) + len(data) > CONSUMER_BACKLOG_LIMIT:
+            self._drop_consumer(consumer, f"dropped: over {CONSUMER_BACKLOG_LIMIT} bytes unread")
+            return
+        consumer.outgoing += data
+        self._flush_consumer(consumer)
+
+    def _agent_next_turn(self, link: _Link) -> None:
+        """Give the agent to the next consumer waiting, if it is free and reachable."""
+        agent = link.agent
+        if agent is None or agent.turn is not None or link.upstream is None:
+            return
+        while agent.waiting:
+            consumer = agent.waiting.popleft()
+            if consumer.closed or not consumer.requests:
+                continue
+            agent.command, agent.request = consumer.requests.popleft()
+            agent.turn = consumer
+            agent.turns += 1
+            agent.synced = False
+            agent.after_marker = False
+            agent.sync_interval = AGENT_SYNC_INTERVAL
+            now = time.monotonic()
+            agent.deadline = now + self.agent_sync_timeout
+            self._agent_links.add(link)
+            self._set_consumer_events(consumer)  # its queue shrank: may read again
+            agent.pipelined = agent.warm
+            log.debug(
+                "broker: %s: turn %d: %s for consumer %s%s",
+                link.spec.label, agent.turns, shown(agent.command), consumer.peer,
+                " (behind the sync)" if agent.pipelined else "",
+            )
+            self._agent_send_sync(link, now)
+            return
+
+    def _agent_send_sync(self, link: _Link, now: float) -> None:
+        agent = link.agent
+        assert agent is not None
+        link.upstream_outgoing += agent.waiter.start()  # a fresh id every time
+        if agent.pipelined:
+            link.upstream_outgoing += agent.request
+        agent.next_sync = now + agent.sync_interval
+        agent.sync_interval *= 2
+        self._flush_upstream(link)
+
+    def _agent_read_upstream(self, link: _Link, data: bytes) -> None:
+        agent = link.agent
+        assert agent is not None
+        agent.reader.feed(data)
+        while link.upstream is not None and (event := agent.reader.next_event()) is not None:
+            consumer = agent.turn
+            if consumer is None:
+                continue  # nobody asked: a late answer after its turn ended
+            if not agent.synced:
+                # Stale lines, 7.2's parse-error line for our 0xFF, answers
+                # to older syncs: skipped until the marker and the latest id.
+                if agent.waiter.on_event(event):
+                    agent.synced = True
+                    agent.deadline = time.monotonic() + self.agent_timeout
+                    if not agent.pipelined:
+                        link.upstream_outgoing += agent.request
+                        self._flush_upstream(link)
+                continue
+            if isinstance(event, qga.Marker):
+                agent.after_marker = True
+                continue
+            if agent.after_marker:
+                agent.after_marker = False  # an answer to an older sync: not the answer
+                continue
+            agent.warm = isinstance(event, qga.Line)
+            if isinstance(event, qga.Overlong):
+                link.limited.log(
+                    "agent", logging.WARNING, "answer to %s over %d bytes dropped",
+                    shown(agent.command), AGENT_MAX_LINE,
+                )
+                self._agent_answer(consumer, _agent_error(
+                    f"the guest's answer to {agent.command} is over {AGENT_MAX_LINE} bytes; "
+                    "dropped"
+                ))
+            else:
+                self._agent_answer(consumer, event.data + b"\n")
+            self._agent_end_turn(link)
+
+    def _agent_end_turn(self, link: _Link) -> None:
+        agent = link.agent
+        assert agent is not None
+        consumer, agent.turn = agent.turn, None
+        agent.synced = False
+        self._agent_links.discard(link)
+        if consumer is not None and not consumer.closed and consumer.requests:
+            agent.waiting.append(consumer)  # its next request waits for its next turn
+        self._agent_next_turn(link)
+
+    def _agent_tick(self, now: float) -> None:
+        for link in list(self._agent_links):
+            agent = link.agent
+            assert agent is not None
+            consumer = agent.turn
+            if consumer is None:
+                self._agent_links.discard(link)
+            elif not agent.synced and now >= agent.deadline:
+                # Say what became of the request, as far as the broker knows.
+                agent.warm = False
+                fate = "may have been run" if agent.pipelined else "was not sent"
+                link.limited.log(
+                    "agent", logging.WARNING,
+                    "qemu-ga did not answer guest-sync-delimited within %g s; %s %s",
+                    self.agent_sync_timeout, shown(agent.command), fate,
+                )
+                self._agent_answer(consumer, _agent_error(
+                    f"qemu-ga did not answer guest-sync-delimited within "
+                    f"{self.agent_sync_timeout:g} s (is it running in the guest?); "
+                    f"{agent.command} {fate}"
+                ))
+                self._agent_end_turn(link)
+            elif not agent.synced and not agent.pipelined and now >= agent.next_sync:
+                self._agent_send_sync(link, now)  # the last one may have been flushed unread
+            elif agent.synced and now >= agent.deadline:
+                # No answer (guest-shutdown succeeding, a hung agent): free the
+                # agent for the others.  The consumer keeps its own timeout,
+                # and the next turn's sync skips a late answer.
+                agent.warm = False
+                link.limited.log(
+                    "agent", logging.WARNING, "no answer to %s within %g s; next turn",
+                    shown(agent.command), self.agent_timeout,
+                )
+                self._agent_end_turn(link)
 
     # -- the QEMU side
 
@@ -729,6 +1015,10 @@ class Broker:
         link.connect_problem = None
         link.upstream_splitter.reset()
         self._set_upstream_events(link, selectors.EVENT_READ)
+        if link.agent is not None:
+            link.agent.reader.reset()
+            link.agent.warm = False
+            self._agent_next_turn(link)
         # A QEMU that accepts and closes in a loop must not flood the journal.
         link.limited.log("qemu", logging.INFO, "connected to QEMU socket %s", shown(link.spec.path))
 
@@ -779,6 +1069,9 @@ class Broker:
             return
         if not data:
             self._upstream_lost(link, now, "QEMU closed the connection")
+            return
+        if link.agent is not None:
+            self._agent_read_upstream(link, data)
             return
         for item in link.upstream_splitter.feed(data):
             frame = _checked(item)
@@ -845,6 +1138,15 @@ class Broker:
             link.upstream_outgoing.clear()
         link.upstream_splitter.reset()
         self._set_reading_consumers(link, True)
+        if link.agent is not None:
+            link.agent.reader.reset()
+            link.agent.warm = False
+            consumer, link.agent.turn = link.agent.turn, None
+            self._agent_links.discard(link)
+            if consumer is not None:
+                # What a direct client would see: the connection closes (a
+                # guest-shutdown that succeeded ends like this).
+                self._drop_consumer(consumer, "dropped: QEMU's connection closed during its turn")
 
 
 # --- helpers ---------------------------------------------------------------
@@ -869,6 +1171,12 @@ def _checked(item: bytes | FrameError) -> bytes | str:
     if item[1:2] != b"{" or item[-2:-1] != b"}":
         return f"bad-frame: not a JSON object ({len(item)} bytes starting {shown(item[:24])})"
     return item
+
+
+def _agent_error(desc: str) -> bytes:
+    """An answer in qemu-ga's error shape, from the broker itself (never the guest's)."""
+    body = {"error": {"class": "GenericError", "desc": "xen-channel broker: " + desc}}
+    return json.dumps(body, ensure_ascii=True).encode("ascii") + b"\n"
 
 
 def _describe(exc: OSError) -> str:
