@@ -437,7 +437,7 @@ def registered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, BackendStandin]]:
     """A running domain 'vm1' in a fresh registry, its channel served by the stand-in."""
-    from xen_channel_backend.model import Connection, Target
+    from xen_channel_backend.model import Channel, Connection, Target
     from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 
     monkeypatch.delenv("XEN_CHANNEL_RUNDIR", raising=False)
@@ -449,7 +449,8 @@ def registered(
     try:
         socket_path = f"{rundir}/{UUID}/{CHANNEL}"
         os.mkdir(os.path.dirname(socket_path), 0o750)
-        channel = ChannelRecord(CHANNEL, Connection.SOCKET, socket_path, Target.XEN)
+        channel = ChannelRecord(
+            Channel(CHANNEL, Connection.SOCKET, socket_path, target=Target.XEN))
         Registry(rundir).put(DomainRecord(UUID, "vm1", "libxl", "running", (channel,)))
         with BackendStandin(socket_path) as standin:
             yield rundir, standin
