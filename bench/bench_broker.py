@@ -6,13 +6,21 @@
 2. Frames per second with 50 channels served by one broker: every channel
    echoes small frames through its guest end, 16 in flight per channel;
    the same load straight to the 50 stand-ins is the baseline.
+3. qemu-ga ``guest-ping`` latency through the broker's agent mode, against
+   the same client (qga.AgentClient) on a second, identical stand-in with
+   its own Debian qemu-ga (dangerous commands blocked) used directly.
+   Goal (issue 10): ratio <= 1.5.  Two shapes, alternating rounds:
+   *session*, what one ``xen-channel qemu-agent-command`` does (connect,
+   sync, one command, close), and *persistent*, one client synced once
+   that then pings (direct: one agent round trip per ping; through the
+   broker every turn starts with its own fresh sync: two).
 
 The QEMU stand-ins (tests/backend_standin.py) run in their own process and
 the broker in another, so the bench process only plays consumers and
 guests; the machine has 2 cores, so all figures include CPU contention
 that the direct path suffers less from.
 
-Run: ``.venv/bin/python bench/bench_broker.py [--quick]``.
+Run: ``.venv/bin/python bench/bench_broker.py [--quick] [--agent-only]``.
 """
 
 from __future__ import annotations
@@ -35,10 +43,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from broker_fixtures import BrokerProcess, wait_for, write_record  # noqa: E402
 
+from xen_channel_backend import qga  # noqa: E402
 from xen_channel_backend.broker import broker_socket_for  # noqa: E402
 from xen_channel_backend.protocol import encode  # noqa: E402
 
 CHANNEL = "org.example.bench.0"
+AGENT = "org.qemu.guest_agent.0"
 
 _STANDINS = """
 import sys, time
@@ -170,13 +180,93 @@ def echo_rate(paths: list[str], guests: list[int], per_channel: int, window: int
     return len(clients) * per_channel / elapsed
 
 
+def ping_session(path: str) -> None:
+    """What one ``xen-channel qemu-agent-command`` does: connect, sync, ping, close."""
+    with qga.AgentClient(path) as client:
+        client.execute("guest-ping", timeout=10)
+
+
+def agent_latency(rundir: Path, logdir: Path, quick: bool, verbose: bool) -> int:
+    """qemu-ga guest-ping through the broker against direct (goal: ratio <= 1.5)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from qga_fixtures import QEMU_GA, QemuGa
+
+    if not os.access(QEMU_GA, os.X_OK):
+        print(f"agent latency: skipped, {QEMU_GA} is not installed (scripts/install-deps)")
+        return 0
+    rounds = 3 if quick else 5
+    sessions = 30 if quick else 100
+    pings = 200 if quick else 1000
+    paths = {
+        kind: write_record(
+            rundir, f"6c3f1b7e-0000-4000-8000-a{n:011d}", f"agent-{kind}", [AGENT],
+            state="running" if kind == "brokered" else "preparing",
+        )[AGENT]
+        for n, kind in enumerate(("brokered", "direct"))
+    }
+    standins = Standins([paths["brokered"], paths["direct"]])
+    agents = [QemuGa(tty, str(logdir / f"qga-{n}")) for n, tty in enumerate(standins.ttys)]
+    clients = {"brokered": broker_socket_for(paths["brokered"]), "direct": paths["direct"]}
+    samples: dict[str, list[float]] = {}
+    broker = BrokerProcess(rundir, logdir / "agent-broker.log")
+    try:
+        wait_for(lambda: "connected to QEMU" in broker.log(), "the broker on the agent channel")
+        for kind in clients:  # warm up both agents and paths
+            for _ in range(10):
+                ping_session(clients[kind])
+        for _ in range(rounds):
+            for kind, path in clients.items():
+                start = time.perf_counter()
+                for _ in range(sessions):
+                    ping_session(path)
+                samples.setdefault(f"{kind} session", []).append(
+                    (time.perf_counter() - start) / sessions)
+                with qga.AgentClient(path) as client:
+                    client.sync(10)
+                    start = time.perf_counter()
+                    for _ in range(pings):
+                        client.execute("guest-ping", timeout=10)
+                    samples.setdefault(f"{kind} persistent", []).append(
+                        (time.perf_counter() - start) / pings)
+    finally:
+        broker.stop()
+        for agent in agents:
+            agent.stop()
+        standins.close()
+    if verbose:
+        for key, values in samples.items():
+            print(f"# {key}: {[round(v * 1e6) for v in values]} us")
+    median = {key: statistics.median(values) for key, values in samples.items()}
+    print(f"agent baseline: qga.AgentClient on QEMU's socket (stand-in, Debian {QEMU_GA}), "
+          f"same process, {sys.executable} {sys.version.split()[0]}")
+    report = {
+        "agent_rounds": rounds,
+        "direct_session_us": round(median["direct session"] * 1e6),
+        "broker_session_us": round(median["brokered session"] * 1e6),
+        "ratio_agent_session": round(median["brokered session"] / median["direct session"], 2),
+        "direct_ping_us": round(median["direct persistent"] * 1e6),
+        "broker_ping_us": round(median["brokered persistent"] * 1e6),
+        "ratio_agent_ping": round(
+            median["brokered persistent"] / median["direct persistent"], 2),
+    }
+    for key, value in report.items():
+        print(f"{key:28} {value}")
+    print(json.dumps(report))
+    goal = report["ratio_agent_session"] <= 1.5
+    print(f"agent latency goal (session through the broker <= 1.5x direct): "
+          f"{'met' if goal else 'NOT met'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     verbose = "--verbose" in argv
     rundir = Path(tempfile.mkdtemp(prefix="xcb-bench-", dir="/tmp"))
     logdir = Path(tempfile.mkdtemp(prefix="xcb-bench-log-"))
     try:
-        return run(rundir, logdir, quick, verbose)
+        if "--agent-only" not in argv:
+            run(rundir, logdir, quick, verbose)
+        return agent_latency(rundir, logdir, quick, verbose)
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
         shutil.rmtree(logdir, ignore_errors=True)
