@@ -23,33 +23,34 @@ Everything from the guest that is printed as text passes through
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import agenttypes as types
 from .errors import AgentError, AgentProtocolError, InputError, UsageError, escaped, shown
 
 if TYPE_CHECKING:
     import argparse
 
+    from . import agenttypes as types
     from .console import Streams
     from .qga import AgentClient
 
 _T = TypeVar("_T")
 
-#: guestinfo's groups: option/field name -> (qemu-ga command, parser).
-GUEST_INFO_GROUPS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "users": ("guest-get-users", types.parse_users),
-    "os": ("guest-get-osinfo", types.parse_osinfo),
-    "timezone": ("guest-get-timezone", types.parse_timezone),
-    "hostname": ("guest-get-host-name", types.parse_hostname),
-    "filesystems": ("guest-get-fsinfo", types.parse_filesystems),
-    "disks": ("guest-get-disks", types.parse_disks),
-    "interfaces": ("guest-network-get-interfaces", types.parse_interfaces),
+# agenttypes (ten dataclasses) is imported by the operations that use it, not
+# here: qemu-agent-command, the one a script calls in a loop, needs none.
+
+#: guestinfo's groups: option/field name -> (qemu-ga command, agenttypes parser).
+GUEST_INFO_GROUPS: dict[str, tuple[str, str]] = {
+    "users": ("guest-get-users", "parse_users"),
+    "os": ("guest-get-osinfo", "parse_osinfo"),
+    "timezone": ("guest-get-timezone", "parse_timezone"),
+    "hostname": ("guest-get-host-name", "parse_hostname"),
+    "filesystems": ("guest-get-fsinfo", "parse_filesystems"),
+    "disks": ("guest-get-disks", "parse_disks"),
+    "interfaces": ("guest-network-get-interfaces", "parse_interfaces"),
 }
 SHUTDOWN_MODES = {"shutdown": "powerdown", "reboot": "reboot"}
 
@@ -72,6 +73,8 @@ def _parsed(
 
 
 def get_interfaces(agent: AgentClient, timeout: float) -> tuple[types.GuestInterface, ...]:
+    from . import agenttypes as types
+
     return _parsed(agent, "guest-network-get-interfaces", types.parse_interfaces, timeout)
 
 
@@ -84,11 +87,14 @@ def get_guest_info(
     named, a group whose command the agent lacks or has disabled is left
     out (None) instead of failing the rest.
     """
+    from . import agenttypes as types
+
     wanted = list(groups)
     explicit = bool(wanted)
     found: dict[str, Any] = {}
     for group in wanted or GUEST_INFO_GROUPS:
-        command, parse = GUEST_INFO_GROUPS[group]
+        command, parser = GUEST_INFO_GROUPS[group]
+        parse: Callable[[Any], Any] = getattr(types, parser)
         try:
             found[group] = _parsed(agent, command, parse, timeout)
         except AgentError as exc:
@@ -98,11 +104,15 @@ def get_guest_info(
 
 
 def get_filesystems(agent: AgentClient, timeout: float) -> tuple[types.GuestFilesystem, ...]:
+    from . import agenttypes as types
+
     return _parsed(agent, "guest-get-fsinfo", types.parse_filesystems, timeout)
 
 
 def freeze_filesystems(agent: AgentClient, mountpoints: Sequence[str], timeout: float) -> int:
     """Freeze the given mountpoints, or every filesystem when none is given (as libvirt)."""
+    from . import agenttypes as types
+
     if mountpoints:
         return _parsed(agent, "guest-fsfreeze-freeze-list", types.parse_frozen_count, timeout,
                        {"mountpoints": list(mountpoints)})
@@ -110,10 +120,14 @@ def freeze_filesystems(agent: AgentClient, mountpoints: Sequence[str], timeout: 
 
 
 def thaw_filesystems(agent: AgentClient, timeout: float) -> int:
+    from . import agenttypes as types
+
     return _parsed(agent, "guest-fsfreeze-thaw", types.parse_frozen_count, timeout)
 
 
 def get_time(agent: AgentClient, timeout: float) -> types.GuestTime:
+    from . import agenttypes as types
+
     return _parsed(agent, "guest-get-time", types.parse_time, timeout)
 
 
@@ -126,6 +140,8 @@ def set_time(agent: AgentClient, nanoseconds: int | None, timeout: float) -> Non
 def set_user_password(
     agent: AgentClient, user: str, password: str, encrypted: bool, timeout: float
 ) -> None:
+    import base64
+
     data = base64.b64encode(password.encode("utf-8")).decode("ascii")
     agent.execute(
         "guest-set-user-password",
@@ -241,6 +257,8 @@ def _json(value: Any, streams: Streams) -> None:
 
 
 def _to_json(value: Any) -> Any:
+    import dataclasses
+
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple | list):
@@ -249,8 +267,12 @@ def _to_json(value: Any) -> Any:
 
 
 def run_qemu_agent_command(args: argparse.Namespace, streams: Streams) -> int:
-    """``xen-channel qemu-agent-command DOMAIN JSON [--pretty]``: raw pass-through."""
-    from . import api
+    """``xen-channel qemu-agent-command DOMAIN JSON [--pretty]``: raw pass-through.
+
+    What api.agent_command does, without importing the API module and its
+    result types: scripts call this one in loops.
+    """
+    from .qga import connect_agent
 
     try:
         request = json.loads(" ".join(args.command))
@@ -258,7 +280,9 @@ def run_qemu_agent_command(args: argparse.Namespace, streams: Streams) -> int:
         raise InputError("command", f"invalid JSON: {getattr(exc, 'msg', exc)}") from None
     if not isinstance(request, dict):
         raise InputError("command", 'must be a JSON object like {"execute": "guest-ping"}')
-    reply = api.agent_command(args.domain, request, timeout=_timeout(args), rundir=args.rundir)
+    timeout = _timeout(args)
+    with connect_agent(args.domain, rundir=args.rundir) as agent:
+        reply = agent.request(request, timeout=timeout).raw
     if args.pretty:
         text = json.dumps(reply, indent=2, ensure_ascii=True)
     else:

@@ -58,7 +58,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import socket
 import stat
 import time
@@ -102,6 +101,8 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_SYNC_INTERVAL: Final = 1.0
 #: The user QEMU runs as under libvirt's QEMU driver on Debian.
 QEMU_USER: Final = "libvirt-qemu"
+#: Compact, ASCII-only: a request can never contain a raw newline.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 #: Commands the client issues itself around every request.
 _SYNC_COMMANDS: Final = frozenset({"guest-sync", "guest-sync-delimited"})
 
@@ -224,8 +225,12 @@ def _boundary(data: bytes | bytearray, start: int) -> int:
 
 
 def new_sync_id() -> int:
-    """A fresh random sync id (positive, within every JSON reader's exact range)."""
-    return secrets.randbelow(2**31 - 1) + 1
+    """A fresh random sync id (positive, within every JSON reader's exact range).
+
+    From os.urandom rather than the secrets module, whose import (hmac,
+    hashlib, random) would cost every command more than its round trip.
+    """
+    return int.from_bytes(os.urandom(4), "big") % (2**31 - 1) + 1
 
 
 def sync_request(sync_id: int) -> bytes:
@@ -249,7 +254,11 @@ def encode_request(request: Mapping[str, Any]) -> bytes:
         raise ValueError(f"unknown request key(s): {', '.join(sorted(map(str, unknown)))}")
     if "arguments" in request and not isinstance(request["arguments"], Mapping):
         raise ValueError('"arguments" must be an object')
-    return json.dumps(dict(request), separators=(",", ":"), ensure_ascii=True).encode() + b"\n"
+    try:
+        text = _ENCODER.encode(request if type(request) is dict else dict(request))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the request cannot be written as JSON: {exc}") from None
+    return text.encode() + b"\n"
 
 
 def encode_command(command: str, arguments: Mapping[str, Any] | None = None) -> bytes:
@@ -467,8 +476,10 @@ class AgentClient:
         Raises AgentCommandDisabled, AgentError (the guest's error),
         AgentTimeout, AgentNotConnected, AgentProtocolError.
         """
-        return self.request({"execute": command, **(
-            {} if arguments is None else {"arguments": dict(arguments)})}, timeout=timeout).value
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = dict(arguments)
+        return self.request(request, timeout=timeout).value
 
     def request(self, request: Mapping[str, Any], *, timeout: float) -> Reply:
         """Send one request object (raw pass-through); return the successful :class:`Reply`."""
