@@ -27,7 +27,7 @@ from pathlib import Path
 from lxml import etree
 
 from xen_channel_backend import domxml, xlcfg
-from xen_channel_backend.convert import xen_channels_from_domain
+from xen_channel_backend.convert import xen_channels_from_domain, xl_channels
 from xen_channel_backend.model import Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,8 +147,7 @@ def bare_lxml(docs: list[tuple[bytes, bytes]]) -> None:
 def to_xl(docs: list[tuple[bytes, bytes]]) -> None:
     quiet = _Quiet()
     for xml, _cfg in docs:
-        root = domxml.parse_domain(xml, "bench").getroot()
-        xlcfg.format_setting(xen_channels_from_domain(root, False, quiet))  # type: ignore[arg-type]
+        xlcfg.format_setting(xl_channels(xml, "bench", False, quiet))  # type: ignore[arg-type]
 
 
 def to_libvirt_into(docs: list[tuple[bytes, bytes]]) -> None:

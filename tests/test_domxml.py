@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from lxml import etree
 
-from xen_channel_backend import domxml
+from xen_channel_backend import channelxml, domxml
 from xen_channel_backend.errors import InvalidChannelName, UnsupportedChannel, XmlInputError
 from xen_channel_backend.model import Channel, Connection, Target
+from xen_channel_backend.translate import FIELDS, XML_FIELDS
 
 SCHEMA = "/usr/share/libvirt/schemas/domain.rng"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
 
 DOMAIN = b"""<domain type='xen'>
   <name>guest</name>
@@ -170,3 +177,183 @@ def test_a_channel_without_a_type_says_so() -> None:
         "d.xml").getroot()
     with pytest.raises(UnsupportedChannel, match="without a type"):
         list(domxml.iter_channels(root))
+
+
+# --- the table drives reading and writing (translate.FIELDS, channelxml) -------------
+
+ALL_KINDS = [
+    Channel("org.example.a.0", Connection.SOCKET, "/run/xen-channel/u/org.example.a.0"),
+    Channel("org.example.b.0", Connection.SOCKET),
+    Channel("org.example.c.0", Connection.PTY),
+    Channel("org.example.d.0", Connection.PTY, "/dev/pts/3"),
+    Channel("v.0", Connection.SOCKET, "/run/v=1,x", target=Target.VIRTIO),
+    Channel(None, Connection.PTY, target=Target.VIRTIO),
+    Channel(None, Connection.SOCKET, "/run/g", target=Target.GUESTFWD),
+]
+
+
+@pytest.mark.parametrize("channel", ALL_KINDS, ids=lambda c: f"{c.connection}-{c.target}")
+def test_every_written_field_is_read_back_from_where_the_table_puts_it(channel: Channel) -> None:
+    element = domxml.channel_element(channel)
+    values = domxml.channel_values(element)
+    assert set(values) == set(channelxml.KEYS)
+    for field in XML_FIELDS:
+        assert field.xml is not None
+        tag, attribute = field.xml
+        node = element if tag == "." else element.find(tag)
+        assert values[field.attr] == (node.get(attribute) if node is not None else None)
+    assert domxml.channel_from_element(element) == channel
+    # mode is XML only (libvirt requires it on a unix source): bind, QEMU listens.
+    expected_mode = "bind" if channel.connection is Connection.SOCKET and channel.path else None
+    assert values["mode"] == expected_mode
+
+
+def test_mode_is_in_the_table_and_only_xml_has_it() -> None:
+    mode = next(f for f in FIELDS if f.attr == "mode")
+    assert mode.xml == ("source", "mode") and mode.xl_key is None
+    assert mode.xml_connections == frozenset({Connection.SOCKET})
+
+
+def test_written_attributes_follow_libvirts_order() -> None:
+    element = domxml.channel_element(ALL_KINDS[0])
+    assert etree.tostring(element, encoding="unicode") == (
+        '<channel type="unix"><source mode="bind" path="/run/xen-channel/u/org.example.a.0"/>'
+        '<target type="xen" name="org.example.a.0"/></channel>'
+    )
+
+
+def test_the_first_source_and_target_count_and_comments_are_skipped() -> None:
+    element = etree.fromstring(
+        "<channel type='unix'><!-- c --><alias name='x'/><source mode='connect' path='/a'/>"
+        "<source path='/b'/><target type='xen' name='a.b'/><target type='virtio'/></channel>"
+    )
+    values = domxml.channel_values(element)
+    assert (values["mode"], values["path"], values["target"], values["name"]) == (
+        "connect", "/a", "xen", "a.b"
+    )
+    assert channelxml.connects(values)
+
+
+def test_set_source_path_keeps_an_existing_mode() -> None:
+    element = etree.fromstring(
+        "<channel type='unix'><source mode='connect'/><target type='xen' name='a.b'/></channel>"
+    )
+    domxml.set_source_path(element, "/run/x")
+    assert etree.tostring(element[0]) == b'<source mode="connect" path="/run/x"/>'
+
+
+@pytest.mark.parametrize(
+    "document",
+    sorted(p for p in DATA.rglob("*.xml") if b"<domain" in p.read_bytes()),
+    ids=lambda p: p.name,
+)
+def test_lean_expat_reader_agrees_with_lxml(document: Path) -> None:
+    data = document.read_bytes()
+    root = domxml.parse_domain(data, str(document)).getroot()
+    for targets in ([Target.XEN], [Target.VIRTIO, Target.XEN]):
+        for skip_connect in (False, True):
+            expected = []
+            for element in domxml.channel_elements(root):
+                values = domxml.channel_values(element)
+                if values["connection"] not in ("unix", "pty"):
+                    continue
+                if values["target"] not in {t.value for t in targets}:
+                    continue
+                if skip_connect and values["connection"] == "unix" and channelxml.connects(values):
+                    continue
+                expected.append(domxml.channel_from_element(element))
+            scanned = channelxml.scan_domain(data, targets, skip_connect_mode=skip_connect)
+            assert list(scanned.channels) == expected
+            assert (scanned.name, scanned.uuid) == (
+                domxml.domain_name(root), (root.findtext("uuid") or "").strip() or None
+            )
+
+
+def test_lean_reader_imports_neither_lxml_nor_typing_nor_dataclasses() -> None:
+    probe = (
+        "import sys; import xen_channel_backend.channelxml; "
+        "print(sorted(m for m in ('lxml', 'typing', 'dataclasses', 'xml.parsers.expat') "
+        "if m in sys.modules))"
+    )
+    # -I -S: as the hooks' shim runs Python, with the package put on the path by hand.
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); {probe}"
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_lean_reader_refuses_what_domxml_refuses() -> None:
+    utf16 = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE domain [<!ENTITY e "a.b">]>'
+        "<domain><devices><channel type='pty'><target type='xen' name='&e;'/></channel>"
+        "</devices></domain>"
+    ).encode("utf-16")
+    for data in (utf16, b"<other/>", b"<domain>"):
+        with pytest.raises(XmlInputError):
+            channelxml.scan_domain(data, [Target.XEN])
+        with pytest.raises(XmlInputError):
+            domxml.parse_domain(data, "d.xml")
+
+
+# --- libvirt's element order: one insert_in_libvirt_order ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("children", "tag", "index"),
+    [
+        (["emulator", "disk", "console", "input", "graphics"], "channel", 3),
+        (["disk", "channel", "channel", "input"], "channel", 3),
+        (["input", "video"], "channel", 0),
+        (["serial", "parallel"], "channel", 2),
+    ],
+)
+def test_insert_in_libvirt_order_among_devices(children: list[str], tag: str, index: int) -> None:
+    devices = etree.Element("devices")
+    for child in children:
+        etree.SubElement(devices, child)
+    new = etree.Element(tag)
+    domxml.insert_in_libvirt_order(devices, new)
+    assert devices.index(new) == index
+
+
+@pytest.mark.parametrize(
+    ("children", "tag", "index"),
+    [
+        (["name", "uuid", "title", "description", "memory"], "metadata", 4),
+        (["name", "memory"], "metadata", 1),
+        (["memory"], "metadata", 0),
+        (["name", "title", "memory"], "uuid", 1),
+        (["memory", "name"], "uuid", 2),
+        (["memory", "devices"], "uuid", 0),
+    ],
+)
+def test_insert_in_libvirt_order_in_a_domain(children: list[str], tag: str, index: int) -> None:
+    domain = etree.Element("domain")
+    for child in children:
+        etree.SubElement(domain, child)
+    new = etree.Element(tag)
+    domxml.insert_in_libvirt_order(domain, new)
+    assert domain.index(new) == index
+
+
+def test_insert_in_libvirt_order_indents_like_libvirt() -> None:
+    root = domxml.parse_domain(
+        b"<domain>\n  <name>n</name>\n  <memory>1</memory>\n</domain>\n", "d.xml"
+    ).getroot()
+    uuid = etree.Element("uuid")
+    uuid.text = "u"
+    domxml.insert_in_libvirt_order(root, uuid)
+    assert etree.tostring(root, encoding="unicode") == (
+        "<domain>\n  <name>n</name>\n  <uuid>u</uuid>\n  <memory>1</memory>\n</domain>"
+    )
+
+
+def test_a_read_only_parse_reads_the_same_channels_and_checks_the_same() -> None:
+    editable = domxml.parse_domain(DOMAIN, "d.xml").getroot()
+    read_only = domxml.parse_domain(DOMAIN, "d.xml", read_only=True).getroot()
+    assert [domxml.channel_values(e) for e in domxml.channel_elements(read_only)] == [
+        domxml.channel_values(e) for e in domxml.channel_elements(editable)
+    ]
+    with pytest.raises(XmlInputError, match="DOCTYPE"):
+        domxml.parse_domain(b"<!DOCTYPE domain><domain/>", "d.xml", read_only=True)

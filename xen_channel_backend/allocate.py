@@ -158,15 +158,8 @@ def _ensure_uuid(root: etree._Element, source: str) -> str:
             raise XmlInputError(source, exc.message()) from None
     generated = str(uuidlib.uuid4())
     if element is None:
-        # libvirt's order is <name> then <uuid> (virDomainDefFormatInternal).
         element = etree.Element("uuid")
-        name = root.find("name")
-        if name is not None:
-            element.tail = name.tail
-            root.insert(root.index(name) + 1, element)
-        else:
-            element.tail = root.text
-            root.insert(0, element)
+        domxml.insert_in_libvirt_order(root, element)  # after <name>
     element.text = generated
     log.debug("%s: no <uuid>; generated %s", source, generated)
     return generated

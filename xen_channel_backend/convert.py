@@ -12,10 +12,9 @@ this module only decides which channels cross over and says what does not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING
 
-from . import domxml, xlcfg
+from . import channelxml, domxml, xlcfg
 from .console import Streams, read_input, write_output
 from .errors import UnsupportedChannel, UsageError, shown
 from .model import Channel, Connection, Target
@@ -55,12 +54,13 @@ def xen_channels_from_domain(
     """
     channels: list[Channel] = []
     for element in domxml.channel_elements(root):
-        target = domxml.target_type(element)
+        values = domxml.channel_values(element)
+        target = values["target"]
         if target == Target.XEN:
             # A tcp/udp/file/... source raises UnsupportedChannel naming it.
-            channels.append(domxml.channel_from_element(element))
+            channels.append(channelxml.channel_from_values(values))
         elif target == Target.VIRTIO and retarget_virtio:
-            retargeted = _retarget(element, streams)
+            retargeted = _retarget(values, streams)
             if retargeted is not None:
                 channels.append(retargeted)
         else:
@@ -70,38 +70,41 @@ def xen_channels_from_domain(
                 else ""
             )
             streams.warn(
-                f"skipping {_describe(element)}: Xen channels must have target type 'xen'{hint}"
+                f"skipping {_describe(values)}: Xen channels must have target type 'xen'{hint}"
             )
     return channels
 
 
-def _retarget(element: etree._Element, streams: Streams) -> Channel | None:
+def _retarget(values: dict[str, str | None], streams: Streams) -> Channel | None:
     try:
-        channel = domxml.channel_from_element(element)
+        channel = channelxml.channel_from_values(values)
     except UnsupportedChannel as exc:
         # A virtio channel with e.g. a spicevmc source has no Xen form.
-        streams.warn(f"skipping {_describe(element)}: {exc.detail}")
+        streams.warn(f"skipping {_describe(values)}: {exc.detail}")
         return None
     # Re-validated as a Xen channel: a name is now required.
     return channel.replace(target=Target.XEN)
 
 
-def _describe(element: etree._Element) -> str:
-    target = element.find("target")
-    kind = target.get("type") if target is not None else None
-    name = target.get("name") if target is not None else None
-    label = f"{kind or 'untargeted'} channel"
+def _describe(values: dict[str, str | None]) -> str:
+    """How a warning names a channel: by its target name, or guestfwd's address."""
+    name, address = values["name"], values["address"]
+    label = f"{values['target'] or 'untargeted'} channel"
     if name:
         return f"{label} {shown(name)}"
-    if target is not None and target.get("address"):
-        return f"{label} to {shown(target.get('address'))} port {target.get('port')}"
+    if address:
+        return f"{label} to {shown(address)} port {values['port']}"
     return f"unnamed {label}"
 
 
-def _to_xl(args: argparse.Namespace, streams: Streams) -> str:
-    data, label = read_input(args.input, streams)
-    root = domxml.parse_domain(data, label).getroot()
-    channels = xen_channels_from_domain(root, args.retarget_virtio, streams)
+def xl_channels(data: bytes, label: str, retarget_virtio: bool, streams: Streams) -> list[Channel]:
+    """What ``--to xl`` writes for a domain XML document: its Xen channels, each with a path.
+
+    The document is only read, never written back, so it is parsed
+    read-only (domxml.parse_domain), with every safety check.
+    """
+    root = domxml.parse_domain(data, label, read_only=True).getroot()
+    channels = xen_channels_from_domain(root, retarget_virtio, streams)
     for channel in channels:
         if channel.path is None and channel.connection is Connection.SOCKET:
             raise UnsupportedChannel(
@@ -109,6 +112,12 @@ def _to_xl(args: argparse.Namespace, streams: Streams) -> str:
                 "is a unix channel without a socket path; xl requires path= "
                 "(give it one, e.g. with 'xen-channel fill')",
             )
+    return channels
+
+
+def _to_xl(args: argparse.Namespace, streams: Streams) -> str:
+    data, label = read_input(args.input, streams)
+    channels = xl_channels(data, label, args.retarget_virtio, streams)
     if args.into is None:
         return xlcfg.format_setting(channels) + "\n" if channels else ""
     cfg_data, cfg_label = read_input(args.into, streams)
@@ -152,4 +161,4 @@ def _to_libvirt(args: argparse.Namespace, streams: Streams) -> str:
     return domxml.serialize(tree)
 
 
-__all__ = ["run", "xen_channels_from_domain"]
+__all__ = ["run", "xen_channels_from_domain", "xl_channels"]

@@ -11,45 +11,61 @@ lxml is imported lazily: the hook's fast path must not pay for it.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from .errors import UnsupportedChannel, XmlInputError
-from .model import Channel, Connection, Target
-from .translate import CONNECTIONS, FIELDS, connection_from_xml
+from . import channelxml
+from .channelxml import MAX_DOMAIN_XML as MAX_DOMAIN_XML
+from .errors import XmlInputError
+from .model import Channel, Target
+from .translate import connection_from_xml
 
 if TYPE_CHECKING:
     from lxml import etree
 
-#: virsh refuses domain XML files over 10 MiB (VSH_MAX_XML_FILE); so do we.
-MAX_DOMAIN_XML = 10 * 1024 * 1024
+# The order in which libvirt formats the children we insert, per parent
+# (virDomainDefFormatInternal for <domain> and <devices>,
+# virDomainChrDefFormat for <channel>): a new child goes after the last
+# sibling of its own kind or of a kind listed before it, e.g. a <channel>
+# "after consoles, before inputs".  Only the kinds that can precede the ones
+# we insert are listed.
+LIBVIRT_ORDER: dict[str, tuple[str, ...]] = {
+    "domain": ("name", "uuid", "genid", "title", "description", "metadata"),
+    "devices": (
+        "emulator", "disk", "controller", "lease", "filesystem", "interface",
+        "smartcard", "serial", "parallel", "console", "channel",
+    ),
+    "channel": ("source",),
+}
 
-# libvirt formats <devices> children in this order (virDomainDefFormatInternal);
-# a new <channel> goes after every kind that precedes it, i.e. "after consoles,
-# before inputs".
-_BEFORE_CHANNEL = (
-    "emulator", "disk", "controller", "lease", "filesystem", "interface",
-    "smartcard", "serial", "parallel", "console",
-)
 
+# "<!DOCTYPE" or "<!ENTITY" anywhere: one pass over the bytes.
+_DECLARATION = re.compile(rb"<!(?:DOCTYPE|ENTITY)")
 
-# One parser per thread, reused: building an lxml parser costs about as much as
-# a tenth of parsing a whole domain, and lxml parsers must not be shared
-# between threads.
+# One parser per thread and kind, reused: building an lxml parser costs about
+# as much as a tenth of parsing a whole domain, and lxml parsers must not be
+# shared between threads.
 _parsers = threading.local()
 
 
-def _parser() -> etree.XMLParser:
-    from lxml import etree
-
-    parser: etree.XMLParser | None = getattr(_parsers, "parser", None)
+def _parser(read_only: bool = False) -> etree.XMLParser:
+    kind = "reader" if read_only else "editor"
+    parser: etree.XMLParser | None = getattr(_parsers, kind, None)
     if parser is None:
+        from lxml import etree
+
+        # collect_ids=False: no table of xml:id values, which nothing here
+        # looks up (about 2% of a parse).  A tree that is only read drops
+        # the whitespace between elements (about 12%): it is never
+        # serialized, and no reader looks at that text.
         parser = etree.XMLParser(
             resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-            huge_tree=False, remove_comments=False,
+            huge_tree=False, remove_comments=False, collect_ids=False,
+            remove_blank_text=read_only,
         )
-        _parsers.parser = parser
+        setattr(_parsers, kind, parser)
     return parser
 
 
@@ -61,7 +77,7 @@ def _child(element: etree._Element, tag: str) -> etree._Element | None:
 
 
 def parse_untrusted(
-    data: bytes, fail: Callable[[str, int | None], Exception]
+    data: bytes, fail: Callable[[str, int | None], Exception], *, read_only: bool = False
 ) -> etree._ElementTree:
     """The one locked-down lxml parse for XML from outside (files, libvirt, metadata).
 
@@ -70,24 +86,31 @@ def parse_untrusted(
     (even unexpanded, an internal subset can declare entity bombs, and
     libvirt never emits one), then on the parsed document, because the byte
     check cannot see a DOCTYPE in UTF-16/32 (or EBCDIC) and libxml2 expands
-    internal entities even with resolve_entities=False.
+    internal entities even with resolve_entities=False.  ``read_only``: the
+    caller only reads the tree (never edits or serializes it), so
+    whitespace between elements may be dropped.
     """
     from lxml import etree
 
     refused = "DOCTYPE/ENTITY declarations are not allowed"
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    if _DECLARATION.search(data) is not None:
         raise fail(refused, None)
     try:
-        tree = etree.ElementTree(etree.fromstring(data, _parser()))
+        tree = etree.fromstring(data, _parser(read_only)).getroottree()
     except etree.XMLSyntaxError as exc:
         raise fail(f"malformed XML: {exc.msg}", exc.lineno or None) from None
-    if tree.docinfo.internalDTD is not None or tree.docinfo.doctype:
+    docinfo = tree.docinfo
+    if docinfo.internalDTD is not None or docinfo.doctype:
         raise fail(refused, None)
     return tree
 
 
-def parse_domain(data: bytes, source: str) -> etree._ElementTree:
-    """Parse untrusted domain XML; raise XmlInputError naming ``source``."""
+def parse_domain(data: bytes, source: str, *, read_only: bool = False) -> etree._ElementTree:
+    """Parse untrusted domain XML; raise XmlInputError naming ``source``.
+
+    ``read_only``: the caller only reads the tree; it must not edit or
+    serialize it (the whitespace between elements is dropped, for speed).
+    """
     if len(data) > MAX_DOMAIN_XML:
         raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
 
@@ -96,7 +119,7 @@ def parse_domain(data: bytes, source: str) -> etree._ElementTree:
             detail += " in domain XML"
         return XmlInputError(source, detail, line)
 
-    tree = parse_untrusted(data, fail)
+    tree = parse_untrusted(data, fail, read_only=read_only)
     root = tree.getroot()
     if root.tag != "domain":
         raise XmlInputError(source, f"root element is <{root.tag}>, expected <domain>")
@@ -119,14 +142,42 @@ def domain_uuid(root: etree._Element) -> str | None:
 
 
 def channel_elements(root: etree._Element) -> list[etree._Element]:
-    """Every ``<channel>`` under ``<devices>``, in document order."""
-    devices = _child(root, "devices")
-    return list(devices.iterchildren("channel")) if devices is not None else []
+    """Every ``<channel>`` under (the first) ``<devices>``, in document order."""
+    for devices in root.iterchildren("devices"):
+        return list(devices.iterchildren("channel"))
+    return []
+
+
+# The channel's own attributes, and its children's, by the table (channelxml).
+_OWN_READ = channelxml.READ_PLAN["."]
+_CHILD_READS = {tag: plan for tag, plan in channelxml.READ_PLAN.items() if tag != "."}
+_NO_VALUES = channelxml.empty_values()
+
+
+def channel_values(element: etree._Element) -> dict[str, str | None]:
+    """Every value the table reads from one ``<channel>`` (channelxml.KEYS), None when absent."""
+    values = dict(_NO_VALUES)
+    get = element.get
+    for key, attribute in _OWN_READ:
+        values[key] = get(attribute)
+    seen: tuple[object, ...] = ()
+    for child in element:
+        # The first child of each tag counts, like find(); comments and
+        # children the table does not read are skipped.
+        tag = child.tag
+        plan = _CHILD_READS.get(tag)  # type: ignore[call-overload]
+        if plan is None or tag in seen:
+            continue
+        seen += (tag,)
+        get = child.get
+        for key, attribute in plan:
+            values[key] = get(attribute)
+    return values
 
 
 def target_type(element: etree._Element) -> str | None:
-    target = _child(element, "target")
-    return target.get("type") if target is not None else None
+    """``<channel>``'s target type (xen, virtio, guestfwd...), by the table."""
+    return channel_values(element)["target"]
 
 
 def channel_from_element(element: etree._Element) -> Channel:
@@ -136,33 +187,7 @@ def channel_from_element(element: etree._Element) -> Channel:
     (tcp, udp, file, spicevmc, ...) or an unknown target type, and the model's
     own errors for a bad name or path.
     """
-    # One pass over the (two or three) children instead of a lookup per field.
-    children: dict[object, etree._Element] = {}
-    for child in element:
-        children.setdefault(child.tag, child)
-    target_element = children.get("target")
-    raw_target = target_element.get("type") if target_element is not None else None
-    name = target_element.get("name") if target_element is not None else None
-    try:
-        target = Target(raw_target or "")
-    except ValueError:
-        detail = f"target type {raw_target!r} is not xen, virtio or guestfwd"
-        raise UnsupportedChannel(name, detail) from None
-    source_type = element.get("type")
-    connection = connection_from_xml(source_type or "")
-    if connection is None:
-        what = f"source type {source_type!r}" if source_type else "a <channel> without a type"
-        raise UnsupportedChannel(name, f"{what} has no Xen equivalent (only unix and pty)")
-    values: dict[str, str | None] = {"name": name}
-    for field in FIELDS:
-        if field.xml is None or field.attr in ("connection", "name"):
-            continue
-        tag, attribute = field.xml
-        node = children.get(tag)
-        values[field.attr] = node.get(attribute) if node is not None else None
-    return Channel(
-        name=values["name"], connection=connection, path=values["path"], target=target
-    )
+    return channelxml.channel_from_values(channel_values(element))
 
 
 def iter_channels(
@@ -175,40 +200,50 @@ def iter_channels(
     """
     wanted = {t.value for t in targets}
     for element in channel_elements(root):
-        if target_type(element) in wanted:
-            yield element, channel_from_element(element)
+        values = channel_values(element)
+        if values["target"] in wanted:
+            yield element, channelxml.channel_from_values(values)
 
 
 def channel_element(channel: Channel) -> etree._Element:
-    """Build ``<channel>`` for ``channel``, in libvirt's own attribute order."""
+    """Build ``<channel>`` for ``channel`` by the table, in libvirt's own order."""
     from lxml import etree
 
-    element = etree.Element("channel", type=CONNECTIONS[channel.connection][1])
-    if channel.path is not None:
-        # libxl ignores the mode, but libvirt's parser requires one for unix
-        # sources; 'bind' matches QEMU being the listening side.
-        source = etree.SubElement(element, "source")
-        if channel.connection is Connection.SOCKET:
-            source.set("mode", "bind")
-        source.set("path", channel.path)
-    target = etree.SubElement(element, "target", type=channel.target.value)
-    if channel.name is not None:
-        target.set("name", channel.name)
+    element = etree.Element("channel")
+    for tag, attributes in channelxml.xml_attributes(channel):
+        node = element if tag == "." else etree.SubElement(element, tag)
+        for attribute, value in attributes:
+            node.set(attribute, value)
     return element
 
 
 def set_source_path(element: etree._Element, path: str) -> None:
-    """Give a unix ``<channel>`` the socket path ``path`` (source is the first child)."""
+    """Give a unix ``<channel>`` the socket path ``path``."""
+    set_value(element, "path", path)
+
+
+def set_value(element: etree._Element, key: str, value: str) -> None:
+    """Set one table value (channelxml.KEYS) of a ``<channel>``, where the table puts it.
+
+    A missing child is created in libvirt's order.  The child's other
+    attributes that have a default and are unset get it first (a unix
+    ``<source>`` without a mode gets ``mode='bind'``: QEMU listens), so a
+    new element reads as libvirt writes it.
+    """
     from lxml import etree
 
-    source = element.find("source")
-    if source is None:
-        source = etree.Element("source")
-        element.insert(0, source)
-        source.tail = element.text
-    if source.get("mode") is None:
-        source.set("mode", "bind")
-    source.set("path", path)
+    tag, attribute = channelxml.POSITIONS[key]
+    node = element if tag == "." else _child(element, tag)
+    if node is None:
+        node = etree.Element(tag)
+        insert_in_libvirt_order(element, node)
+    own_tag, type_attribute = channelxml.POSITIONS["connection"]
+    assert own_tag == "."
+    connection = connection_from_xml(element.get(type_attribute) or "")
+    for other, default in channelxml.defaults(tag, connection):
+        if other != attribute and node.get(other) is None:
+            node.set(other, default)
+    node.set(attribute, value)
 
 
 def devices_element(root: etree._Element) -> etree._Element:
@@ -232,8 +267,12 @@ def replace_channels(
     """
     devices = devices_element(root)
     wanted = {t.value for t in targets}
-    old = [el for el in devices.iterfind("channel") if target_type(el) in wanted]
-    position = devices.index(old[0]) if old else _channel_slot(devices)
+    old = [el for el in devices.iterchildren("channel") if target_type(el) in wanted]
+    if not old:
+        for channel in channels:
+            insert_in_libvirt_order(devices, channel_element(channel))
+        return
+    position = devices.index(old[0])
     for element in old:
         remove_keeping_layout(element)
     for offset, channel in enumerate(channels):
@@ -242,12 +281,22 @@ def replace_channels(
         indent_new_child(devices, element)
 
 
-def _channel_slot(devices: etree._Element) -> int:
+def insert_in_libvirt_order(parent: etree._Element, child: etree._Element) -> None:
+    """Insert ``child`` where libvirt would format it among ``parent``'s children.
+
+    That is after the last sibling of its own kind or of a kind libvirt
+    formats before it (:data:`LIBVIRT_ORDER`), or first; indented in
+    libvirt's 2-space layout.  The one place that knows libvirt's element
+    order: domxml, metadata and allocate all insert through it.
+    """
+    order = LIBVIRT_ORDER[parent.tag]  # type: ignore[index]
+    before = order[: order.index(child.tag) + 1]  # type: ignore[arg-type]
     slot = 0
-    for index, child in enumerate(devices):
-        if child.tag in _BEFORE_CHANNEL or child.tag == "channel":
+    for index, sibling in enumerate(parent):
+        if sibling.tag in before:
             slot = index + 1
-    return slot
+    parent.insert(slot, child)
+    indent_new_child(parent, child)
 
 
 def remove_keeping_layout(element: etree._Element) -> None:

@@ -29,7 +29,12 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .domxml import indent_new_child, parse_untrusted, remove_keeping_layout
+from .domxml import (
+    indent_new_child,
+    insert_in_libvirt_order,
+    parse_untrusted,
+    remove_keeping_layout,
+)
 from .errors import InvalidMetadata, XenChannelError, shown
 from .model import Channel, Connection, DomainState, Target
 
@@ -47,13 +52,6 @@ _CHANNEL = f"{{{NAMESPACE}}}channel"
 #: stops a hostile metadata blob from costing more than a glance.
 MAX_METADATA_BYTES = 1024 * 1024
 MAX_CHANNELS = 1024
-
-# libvirt formats <domain>'s first children in this order
-# (virDomainDefFormatInternal): name, uuid, genid, title, description,
-# metadata, then maxMemory/memory and the rest.  Our <metadata> goes right
-# after the last of these that exists, so the output reads like libvirt's.
-_BEFORE_METADATA = ("name", "uuid", "genid", "title", "description")
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Metadata:
@@ -127,8 +125,8 @@ def set_domain_metadata(
     problem: InvalidMetadata | None = None
     if metadata is None:
         metadata = etree.Element("metadata")
-        root.insert(_metadata_slot(root), metadata)
-        indent_new_child(root, metadata)
+        # Where libvirt puts it (after name, uuid, title, description).
+        insert_in_libvirt_order(root, metadata)
     else:
         try:
             _read_metadata_element(metadata, _source_of(root))
@@ -256,11 +254,3 @@ def _namespace_of(element: etree._Element) -> str | None:
 def _source_of(root: etree._Element) -> str:
     name = root.findtext("name")
     return f"domain {shown(name)}" if name else "domain XML"
-
-
-def _metadata_slot(root: etree._Element) -> int:
-    slot = 0
-    for index, child in enumerate(root):
-        if child.tag in _BEFORE_METADATA:
-            slot = index + 1
-    return slot

@@ -41,7 +41,7 @@ from .errors import (
     shown,
 )
 from .model import Channel, Connection, Target
-from .translate import CONNECTIONS, FIELDS, XL_KEYS, connection_from_xl
+from .translate import CONNECTIONS, XL_FIELDS, XL_KEYS, connection_from_xl
 
 #: Deeper list nesting is refused (xl's bison parser stops between about 2,500
 #: and 5,000 levels, depending on the content; no real xl.cfg nests past 2).
@@ -609,26 +609,30 @@ def _spec_fields(spec: str, where: SpecLocation) -> tuple[dict[str, str], list[s
     return fields, warnings
 
 
+# (attribute, xl key, connections that carry it), in translate.FIELDS order.
+_SPEC_KEYS: tuple[tuple[str, str, frozenset[Connection]], ...] = tuple(
+    (f.attr, f.xl_key, f.xl_connections) for f in XL_FIELDS if f.xl_key is not None
+)
+
+
 def parse_spec(spec: str, where: SpecLocation | None = None) -> tuple[Channel, list[str]]:
     """One xl channel SPEC -> (Channel, warnings), driven by translate.FIELDS."""
     where = where or SpecLocation()
     fields, warnings = _spec_fields(spec, where)
     values: dict[str, str | None] = {}
-    for field in FIELDS:
-        values[field.attr] = fields.get(field.xl_key)
+    for attr, key, _connections in _SPEC_KEYS:
+        values[attr] = fields.get(key)
     raw_connection = values.pop("connection")
     if raw_connection is None:
         raise where.error("channel has no connection= (xl requires pty or socket)")
     connection = connection_from_xl(raw_connection)
     assert connection is not None  # checked in _spec_fields
-    for field in FIELDS:
-        if values.get(field.attr) is not None and connection not in field.xl_connections:
+    for attr, key, connections in _SPEC_KEYS:
+        if values.get(attr) is not None and connection not in connections:
             warnings.append(
-                where.warning(
-                    f"{field.xl_key}= is ignored for connection={raw_connection} (as xl does)"
-                )
+                where.warning(f"{key}= is ignored for connection={raw_connection} (as xl does)")
             )
-            values[field.attr] = None
+            values[attr] = None
     if connection is Connection.SOCKET and values["path"] is None:
         raise where.error("channel connection 'socket' requires path=")
     try:
@@ -713,12 +717,19 @@ def backends_by_name(config: XlConfig) -> dict[str, str]:
 # A value goes between double quotes with no escapes at all: xl's SPEC
 # grammar splits on ',' and '=', libxlu would read a backslash as an escape
 # (and its \x escapes are broken in 4.17), and xl trims whitespace, so a value
-# must be non-empty, free of those characters and untrimmed.
+# must be non-empty, free of those characters and untrimmed.  C isspace() is
+# " \t\n\v\f\r": all of it is in \x00-\x20.
 _UNCARRIABLE = re.compile(r'[,="\\\x00-\x1f\x7f]')
+_CARRIABLE = re.compile(r'[^,="\\\x00-\x20\x7f](?:[^,="\\\x00-\x1f\x7f]*[^,="\\\x00-\x20\x7f])?')
 
-# (attribute, xl key) per connection type, in FIELDS order.
-_XL_FIELDS: dict[Connection, tuple[tuple[str, str], ...]] = {
-    connection: tuple((f.attr, f.xl_key) for f in FIELDS if connection in f.xl_connections)
+# Per connection type, in translate.FIELDS order: (attribute, xl key, the
+# whole piece when it is a constant: ``connection=socket``).
+_SPEC_PLAN: dict[Connection, tuple[tuple[str, str, str | None], ...]] = {
+    connection: tuple(
+        (attr, key, f"{key}={CONNECTIONS[connection][0]}" if attr == "connection" else None)
+        for attr, key, carried in _SPEC_KEYS
+        if connection in carried
+    )
     for connection in Connection
 }
 
@@ -728,17 +739,15 @@ def format_spec(channel: Channel) -> str:
     if channel.target is not Target.XEN:
         raise UnsupportedChannel(channel.name, f"is a {channel.target} channel, not a Xen one")
     pieces: list[str] = []
-    for attr, key in _XL_FIELDS[channel.connection]:
-        raw = getattr(channel, attr)
-        if raw is None:
+    carriable = _CARRIABLE.fullmatch
+    for attr, key, constant in _SPEC_PLAN[channel.connection]:
+        if constant is not None:
+            pieces.append(constant)
             continue
-        value: str = CONNECTIONS[raw][0] if attr == "connection" else raw
-        if (
-            not value
-            or value[0] in _C_SPACE
-            or value[-1] in _C_SPACE
-            or _UNCARRIABLE.search(value) is not None
-        ):
+        value = getattr(channel, attr)
+        if value is None:
+            continue
+        if carriable(value) is None:
             _refuse(channel, key, value)
         pieces.append(f"{key}={value}")
     return ",".join(pieces)
@@ -755,7 +764,7 @@ def _refuse(channel: Channel, key: str, value: str) -> None:
 
 def format_setting(channels: Sequence[Channel]) -> str:
     """The one-line setting ``channel = [ "SPEC", ... ]`` (no newline)."""
-    specs = ", ".join(f'"{format_spec(channel)}"' for channel in channels)
+    specs = ", ".join([f'"{format_spec(channel)}"' for channel in channels])
     return f"{CHANNEL_SETTING} = [ {specs} ]"
 
 
