@@ -3,16 +3,23 @@
 
 Part A (issue 2) converts every example in ``xml/examples/`` to xl.cfg and
 back and shows the round trip is exact.  Part B (issue 6) walks through the
-seed's eleven steps with every real part that can run here, then the
-stopped/release hooks clean up:
+seed's eleven steps with every real part that can run here; then (issue 10)
+the guest's own qemu-guest-agent answers on the domain's second channel,
+``org.qemu.guest_agent.0``, and dom0 asks it through ``domifaddr``,
+``guestinfo`` and ``qemu-agent-command``; then the stopped/release hooks
+clean up:
 
 - libvirt-python on ``test:///default`` (the domain is defined and started
   there; that driver lives in this process, so nothing persists);
 - the project's own modules: ``convert``/``fill`` through the real CLI, the
   real hook entry point, metadata, the dom0 ``ChannelClient``;
 - the guest half as shipped: ``guest/xen-channel-setup`` (POSIX sh) with
-  Debian's real ``xenstore-read``, and ``guest/xen-channel-guest`` as a
-  separate process;
+  Debian's real ``xenstore-read``, ``guest/xen-channel-guest`` as a
+  separate process, and Debian's unmodified ``qemu-ga`` started with the
+  command line of ``guest/xen-channel-qemu-ga@.service``.  qemu-ga acts on
+  the machine it runs on, so every command that would change this machine
+  (shutdown, suspend, exec, files, freeze, passwords, time, vCPUs, memory,
+  ssh keys) is blocked with ``--block-rpcs``; the demo shows them refused;
 - where no Xen hypervisor can run, the two test doubles under ``tests/``:
   ``backend_standin`` for the device-model QEMU (socket <-> pty, the pty
   slave standing for the guest's /dev/hvcN) and ``xenstore_standin`` for
@@ -67,6 +74,10 @@ DOMAIN_UUID = "0d3e0c0d-e000-4a6e-8d3e-00000000d3e0"
 CHANNEL = "org.example.agent.0"
 #: Channel i of a domain is xenbus device console-(i+1) (FACTS §4); ours is the first.
 CONSOLE = 1
+#: The second channel: the guest's qemu-guest-agent (issue 10).
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+AGENT_CONSOLE = 2
+QGA_UNIT = REPO / "guest" / "xen-channel-qemu-ga@.service"
 HOSTNAME = "demo-guest.example.org"
 ADDRESS = {"interface": "eth0", "address": "192.0.2.10/24", "gateway": "192.0.2.1",
            "dns": ["192.0.2.53"]}
@@ -268,6 +279,9 @@ class Scenario:
         self.guest_root = tmp / "guest-root"  # the guest's /
         self.xenstored = tmp / "xenstored.sock"
         self.socket_path = ""
+        self.agent_socket_path = ""
+        self.agent_qemu: BackendStandin | None = None
+        self.qga: subprocess.Popen[bytes] | None = None
         self.conn: Any = None
         self.dom: Any = None
         self.domid = 0
@@ -374,16 +388,17 @@ class Scenario:
 
         self.template.write_text(TEMPLATE)
         tree = domxml.parse_domain(TEMPLATE.encode(), str(self.template))
-        channel = Channel(name=CHANNEL, connection=Connection.SOCKET, path=None,
-                          target=Target.XEN)
-        domxml.replace_channels(tree.getroot(), [channel], (Target.XEN,))
+        channels = [Channel(name=name, connection=Connection.SOCKET, path=None,
+                            target=Target.XEN) for name in (CHANNEL, AGENT_CHANNEL)]
+        domxml.replace_channels(tree.getroot(), channels, (Target.XEN,))
         self.with_channel.write_text(domxml.serialize(tree))
         for element in domxml.channel_elements(tree.getroot()):
             shown = copy.deepcopy(element)
             shown.tail = None
             etree.indent(shown, space="  ")
             self.log.detail(etree.tostring(shown, encoding="unicode"))
-        return f"{DOMAIN_NAME} gets unix channel {CHANNEL} (target xen, no path yet)"
+        return (f"{DOMAIN_NAME} gets unix channels {CHANNEL} and {AGENT_CHANNEL} "
+                "(target xen, no path yet)")
 
     def step2_fill(self) -> str:
         from xen_channel_backend import domxml
@@ -392,15 +407,18 @@ class Scenario:
         checked(xen_channel("fill", str(self.with_channel), "-o", str(self.filled)),
                 "xen-channel fill")
         root = domxml.parse_domain(self.filled.read_bytes(), str(self.filled)).getroot()
-        paths = [c.path for _, c in domxml.iter_channels(root, (Target.XEN,))
-                 if c.name == CHANNEL and c.path]
-        if not paths:
-            raise StepFailed(f"fill left {CHANNEL} without a socket path")
-        self.socket_path = paths[0]
+        paths = {c.name: c.path for _, c in domxml.iter_channels(root, (Target.XEN,))
+                 if c.path}
+        for name in (CHANNEL, AGENT_CHANNEL):
+            if name not in paths:
+                raise StepFailed(f"fill left {name} without a socket path")
+        self.socket_path = str(paths[CHANNEL])
+        self.agent_socket_path = str(paths[AGENT_CHANNEL])
         if not self.socket_path.startswith(str(self.rundir) + "/"):
             raise StepFailed(f"socket path {self.socket_path} is outside the run directory")
         length = len(self.socket_path.encode())
         self.log.detail(f"path: {self.socket_path}")
+        self.log.detail(f"path: {self.agent_socket_path}")
         return f"socket path allocated, {length} bytes (limit {MAX_SOCKET_PATH})"
 
     def step3_define(self) -> str:
@@ -424,15 +442,17 @@ class Scenario:
         self.log.detail(f"metadata ({NAMESPACE}) via libvirt-python:")
         self.log.detail(f"  {' '.join(text.split())}")
         meta = parse_metadata(text, DOMAIN_NAME)
-        if [(c.name, c.path) for c in meta.channels] != [(CHANNEL, self.socket_path)]:
-            raise StepFailed("the domain's metadata does not list the allocated channel")
+        expected = [(CHANNEL, self.socket_path), (AGENT_CHANNEL, self.agent_socket_path)]
+        if [(c.name, c.path) for c in meta.channels] != expected:
+            raise StepFailed("the domain's metadata does not list the allocated channels")
         # The same through the project's Python API for tools (issue 4).
         found = api.remote_channels(URI, DOMAIN_NAME)
-        if [(c.name, c.path) for c in found] != [(CHANNEL, self.socket_path)]:
+        if [(c.name, c.path) for c in found] != expected:
             raise StepFailed(f"api.remote_channels({URI!r}) gave {found}")
         self.log.detail(f"api.remote_channels: {found[0].name} {found[0].connection.value} "
                         f"state={found[0].state}")
-        return f"defined on {URI} (uuid {self.dom.UUIDString()}); metadata lists {CHANNEL}"
+        return (f"defined on {URI} (uuid {self.dom.UUIDString()}); metadata lists {CHANNEL} "
+                f"and {AGENT_CHANNEL}")
 
     def step4_hooks(self) -> str:
         from xen_channel_backend.registry import Registry
@@ -459,24 +479,30 @@ class Scenario:
         from backend_standin import BackendStandin
 
         self.qemu = BackendStandin(self.socket_path).start()
-        # The guest's /dev/hvc1 is the stand-in's pty slave.
+        self.agent_qemu = BackendStandin(self.agent_socket_path).start()
+        # The guest's /dev/hvc1 and /dev/hvc2 are the stand-ins' pty slaves.
         self.guest_dev.mkdir()
         os.symlink(self.qemu.guest_tty, self.guest_dev / f"hvc{CONSOLE}")
-        return (f"QEMU stand-in listens on the socket; guest tty {self.qemu.guest_tty} "
-                f"= guest's /dev/hvc{CONSOLE}")
+        os.symlink(self.agent_qemu.guest_tty, self.guest_dev / f"hvc{AGENT_CONSOLE}")
+        return (f"QEMU stand-in listens on both sockets; guest ttys {self.qemu.guest_tty} "
+                f"and {self.agent_qemu.guest_tty} = guest's /dev/hvc{CONSOLE} and "
+                f"/dev/hvc{AGENT_CONSOLE}")
 
     def step6_xenstore(self) -> str:
         from xenstore_standin import XenstoreStandin
 
-        front = f"/local/domain/{self.domid}/device/console/{CONSOLE}"
-        back = f"/local/domain/0/backend/console/{self.domid}/{CONSOLE}"
         # What libxl writes for a channel (FACTS §4), as the guest's home sees it.
-        self.xenstore = XenstoreStandin(self.xenstored, domid=self.domid, tree={
-            f"{front}/name": CHANNEL, f"{front}/type": "ioemu", f"{front}/limit": "1048576",
-            f"{front}/output": "pty", f"{front}/tty": "",
-            f"{back}/name": CHANNEL, f"{back}/connection": "socket",
-            f"{back}/path": self.socket_path,
-        }).start()
+        tree: dict[str, str] = {}
+        for console, name, path in ((CONSOLE, CHANNEL, self.socket_path),
+                                    (AGENT_CONSOLE, AGENT_CHANNEL, self.agent_socket_path)):
+            front = f"/local/domain/{self.domid}/device/console/{console}"
+            back = f"/local/domain/0/backend/console/{self.domid}/{console}"
+            tree.update({
+                f"{front}/name": name, f"{front}/type": "ioemu", f"{front}/limit": "1048576",
+                f"{front}/output": "pty", f"{front}/tty": "",
+                f"{back}/name": name, f"{back}/connection": "socket", f"{back}/path": path,
+            })
+        self.xenstore = XenstoreStandin(self.xenstored, domid=self.domid, tree=tree).start()
         key = f"device/console/{CONSOLE}/name"
         read = subprocess.run(["xenstore-read", key], env=self.guest_env(),
                               capture_output=True, text=True, timeout=TIMEOUT, check=False)
@@ -586,6 +612,85 @@ class Scenario:
             raise StepFailed(f"the guest agent exited {code}")
         return f"{len(self.ack_results)} items applied under {self.guest_root}, acked ok"
 
+    def step12_qemu_ga(self) -> str:
+        """The guest's qemu-ga on org.qemu.guest_agent.0, as guest/ starts it."""
+        import shlex
+
+        from qga_fixtures import QEMU_GA, blocked
+
+        from xen_channel_backend.qga import AgentClient
+
+        if not os.access(QEMU_GA, os.X_OK):
+            raise StepFailed(f"{QEMU_GA} is missing (Debian package qemu-guest-agent; "
+                             "scripts/install-deps installs it)")
+        # 60-xen-channel.rules' helper links the agent's console too.
+        run = subprocess.run(["sh", str(GUEST_SETUP), "add", f"console-{AGENT_CONSOLE}"],
+                             env=self.guest_env(), capture_output=True, text=True,
+                             timeout=TIMEOUT, check=False)
+        link = self.devdir / AGENT_CHANNEL
+        if run.returncode != 0 or not link.is_symlink():
+            raise StepFailed(f"xen-channel-setup add console-{AGENT_CONSOLE} exited "
+                             f"{run.returncode}: {run.stderr.strip()}")
+        # The unit's own command line, with the guest's /dev and a private state
+        # directory; every command that would change this machine blocked.
+        (exec_start,) = [line.split("=", 1)[1] for line in QGA_UNIT.read_text().splitlines()
+                         if line.startswith("ExecStart=")]
+        state = self.tmp / "qemu-ga"
+        state.mkdir()
+        argv = [arg.replace("/dev/xen-channel", str(self.devdir))
+                .replace("/run/qemu-ga-%i.pid", str(state / "qemu-ga.pid"))
+                for arg in shlex.split(exec_start)]
+        argv += ["--statedir", str(state), f"--block-rpcs={blocked()}"]
+        self.qga = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with AgentClient(self.agent_socket_path, domain=DOMAIN_NAME) as client:
+            client.sync(TIMEOUT)  # repeated until qemu-ga has opened its tty
+            version = client.execute("guest-info", timeout=TIMEOUT).get("version", "?")
+        self.log.detail(f"{link} -> {os.readlink(link)}")
+        self.log.detail(f"ExecStart from {QGA_UNIT.name}, paths made the demo's:")
+        self.log.detail(f"  {shlex.join(argv[:4])} ...")
+        self.log.detail(f"blocked: {blocked().replace(',', ' ')}")
+        return f"qemu-ga {version} (pid {self.qga.pid}) answers on /dev/hvc{AGENT_CONSOLE}"
+
+    def step13_agent_commands(self) -> str:
+        """dom0 asks the agent what libvirt's libxl driver cannot."""
+        import json
+
+        interfaces = checked(xen_channel("domifaddr", DOMAIN_NAME), "xen-channel domifaddr")
+        if "127.0.0.1/8" not in interfaces:
+            raise StepFailed(f"domifaddr shows no loopback address: {interfaces!r}")
+        self.log.detail(f"$ xen-channel domifaddr {DOMAIN_NAME}")
+        self.log.detail(interfaces)
+        info = checked(xen_channel("guestinfo", DOMAIN_NAME, "--os", "--hostname"),
+                       "xen-channel guestinfo")
+        keys = [line.split(":", 1)[0].strip() for line in info.splitlines() if line]
+        if "os.id" not in keys or keys[-1] != "hostname":
+            raise StepFailed(f"guestinfo --os --hostname gave {keys}")
+        self.log.detail(f"$ xen-channel guestinfo {DOMAIN_NAME} --os --hostname")
+        self.log.detail(info)
+        raw = checked(xen_channel("qemu-agent-command", DOMAIN_NAME, '{"execute":"guest-info"}'),
+                      "xen-channel qemu-agent-command")
+        reply = json.loads(raw)["return"]
+        commands = {c["name"]: c["enabled"] for c in reply["supported_commands"]}
+        enabled = sum(commands.values())
+        self.log.detail(f"$ xen-channel qemu-agent-command {DOMAIN_NAME} "
+                        "'{\"execute\":\"guest-info\"}'")
+        self.log.detail(f"{raw[:90]}... (qemu-ga {reply['version']}: {enabled} of "
+                        f"{len(commands)} commands enabled)")
+        refused = []
+        for argv in (("shutdown", DOMAIN_NAME, "--mode", "agent"),
+                     ("domfsfreeze", DOMAIN_NAME),
+                     ("qemu-agent-command", DOMAIN_NAME, '{"execute":"guest-exec",'
+                      '"arguments":{"path":"/bin/true"}}')):
+            ran = xen_channel(*argv)
+            if ran.code != 1 or "has been disabled" not in ran.err:
+                raise StepFailed(f"xen-channel {' '.join(argv[:1])} was not refused: {ran.err}")
+            refused.append(argv[0])
+            self.log.detail(f"$ xen-channel {' '.join(argv[:2])} ...")
+            self.log.detail(ran.err.strip())
+        return (f"domifaddr, guestinfo --os --hostname and guest-info answered; "
+                f"{', '.join(refused)} refused as disabled")
+
     def expected_files(self) -> dict[str, tuple[Path, str]]:
         root = self.guest_root
         return {
@@ -597,15 +702,17 @@ class Scenario:
             "ssh_keys/root": (root / "root/.ssh/authorized_keys", demo_ssh_key()),
         }
 
-    def step12_release(self) -> str:
+    def step14_release(self) -> str:
         from xen_channel_backend.registry import Registry
 
         if self.client is not None:
             self.client.close()
+        self.stop_qemu_ga()
         self.dom.destroy()
-        if self.qemu is not None:
-            self.qemu.close()  # QEMU exits with the domain
-            self.qemu = None
+        for standin in (self.qemu, self.agent_qemu):
+            if standin is not None:
+                standin.close()  # QEMU exits with the domain
+        self.qemu = self.agent_qemu = None
         directory = os.path.dirname(self.socket_path)
         registry = Registry(str(self.rundir))
         # QEMU unlinks its listening socket when it exits; the directory and
@@ -629,11 +736,22 @@ class Scenario:
 
     # -- teardown -----------------------------------------------------------------
 
+    def stop_qemu_ga(self) -> None:
+        if self.qga is not None and self.qga.poll() is None:
+            self.qga.terminate()
+            try:
+                self.qga.wait(5)
+            except subprocess.TimeoutExpired:
+                self.qga.kill()
+                self.qga.wait()
+
     def close(self) -> None:
         """Stop everything still running, in reverse order; never raises."""
         if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
+        with contextlib.suppress(Exception):
+            self.stop_qemu_ga()
         if self.agent is not None and self.agent.poll() is None:
             self.agent.terminate()
             try:
@@ -644,9 +762,10 @@ class Scenario:
         if self.xenstore is not None:
             with contextlib.suppress(Exception):
                 self.xenstore.stop()
-        if self.qemu is not None:
-            with contextlib.suppress(Exception):
-                self.qemu.close()
+        for standin in (self.qemu, self.agent_qemu):
+            if standin is not None:
+                with contextlib.suppress(Exception):
+                    standin.close()
         if self.dom is not None:
             with contextlib.suppress(Exception):
                 if self.dom.isActive():
@@ -673,12 +792,15 @@ STEPS: Sequence[tuple[str, Callable[[Scenario], str]]] = (
     ("the dom0 agent connects and handshakes", Scenario.step9_handshake),
     ("it pushes a hostname, an address and an ssh key", Scenario.step10_push),
     ("the guest applies them and acknowledges", Scenario.step11_applied),
-    ("the stopped/release hooks clean up", Scenario.step12_release),
+    ("the guest's qemu-ga starts on org.qemu.guest_agent.0", Scenario.step12_qemu_ga),
+    ("dom0 asks the agent; dangerous commands stay blocked", Scenario.step13_agent_commands),
+    ("the stopped/release hooks clean up", Scenario.step14_release),
 )
 
 
 def part_b(log: Log, scenario: Scenario, break_step: int | None) -> None:
-    log.say(f"== Part B: the seed's eleven steps, then the release ({URI}, {scenario.tmp})")
+    log.say(f"== Part B: the seed's eleven steps, the guest agent, then the release "
+            f"({URI}, {scenario.tmp})")
     for number, (title, step) in enumerate(STEPS, 1):
         try:
             if number == break_step:

@@ -12,6 +12,9 @@ own for the freeze, a private copy of /etc for a password), held open by a
 process of its own so it outlives qemu-ga until the test has cleaned up.
 The freeze additionally goes through tests/freeze_guard.py.
 
+scripts/demo.py uses :func:`blocked` too, and imports this module without
+pytest.
+
 The agent runs unmodified in isa-serial mode on the pty slave that
 tests/backend_standin.py bridges to the channel socket: the same path a
 Xen guest's qemu-ga sees (/dev/hvcN is a tty) and the one the demo uses.
@@ -30,7 +33,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from backend_standin import BackendStandin
 from broker_fixtures import write_record
 from waiting import WAIT
@@ -70,7 +72,10 @@ CONFINABLE = frozenset({"guest-fsfreeze-freeze-list", "guest-set-user-password"}
 
 
 def require_qemu_ga() -> None:
+    # pytest only when it matters: scripts/demo.py imports this module too.
     if not os.access(QEMU_GA, os.X_OK):
+        import pytest
+
         pytest.skip("Debian's qemu-guest-agent is not installed (scripts/install-deps)")
 
 
@@ -93,6 +98,8 @@ class PrivateNamespace:
 
     def __init__(self, setup: str) -> None:
         if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+            import pytest
+
             pytest.skip("needs unshare and nsenter (util-linux)")
         script = f"set -e\n{setup}\necho ready\nexec sleep 3600\n"
         self.proc = subprocess.Popen(
