@@ -241,6 +241,9 @@ def guest_page() -> str:
          "xen-channel-guest@org.example.agent.0.service"),
         ("/lib/udev/rules.d/60-xen-channel.rules, /lib/udev/xen-channel-setup",
          "the udev rule and the helper that name channels from xenstore"),
+        ("/lib/udev/rules.d/61-xen-channel-qemu-ga.rules, "
+         "/lib/systemd/system/xen-channel-qemu-ga@.service",
+         "qemu-ga started on the channel org.qemu.guest_agent.0 when it appears"),
     ]:
         lines += tagged(italic(path), text)
     lines += section("SEE ALSO")

@@ -34,6 +34,8 @@ INSTALLER_FILES = {
     "guest/xen-channel-setup": "guest udev helper the rule runs",
     "guest/xen-channel-guest@.service": "guest systemd unit: the agent on one channel",
     "guest/xen-channel-guest": "guest launcher that runs the agent from a copied tree",
+    "guest/61-xen-channel-qemu-ga.rules": "guest udev rule: qemu-ga on org.qemu.guest_agent.0",
+    "guest/xen-channel-qemu-ga@.service": "guest systemd unit: qemu-ga on that channel's tty",
     "xml/examples/vm.json": "example payload for xen-channel send",
 }
 
