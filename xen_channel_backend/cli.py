@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _connect(p)
     p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between full comparisons of the registry with libvirt")
+    p.add_argument("--agent-interval", type=float, metavar="SECONDS",
+                   help="ask each running domain's qemu-guest-agent this often and keep its "
+                        "state, host name, OS and addresses in the live metadata (default: "
+                        "off)")
 
     p = command("send", "agent:run_send", "push a configuration to a guest and wait for its ack")
     _rundir(p)

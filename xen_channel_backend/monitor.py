@@ -33,6 +33,15 @@ through the API.  This long-running process does it:
   own the moment libvirtd is back.
 * The URI is libvirt's to resolve when ``--connect`` is not given
   (libvirtconn.py); log lines name the URI it actually connected to.
+* With ``--agent-interval S`` (opt-in), every S seconds it asks the guest's
+  qemu-ga of each running domain with an ``org.qemu.guest_agent.0`` socket
+  channel (qga.py, through the broker when one serves it) for its host
+  name, OS id and version and interface addresses, and keeps them, with
+  whether the agent answered, in the live metadata's ``<xcb:agent>``
+  (:meth:`Monitor.poll_agents`): a libvirt-aware tool reads a Xen guest's
+  addresses through the libvirt API, as vdsm shows them.  Each agent gets a
+  short timeout; one that does not answer costs that much of the loop once
+  per poll.
 
 Which channels are ours: those in the domain's registry record (written by
 the hooks) and those in the ``<xcb:channels>`` metadata that ``fill`` and
@@ -118,6 +127,8 @@ def _run_event_loop() -> None:
 #: Seconds a domain's claims may stand without its record before the
 #: reconcile takes them for a dead prepare's (a live one takes milliseconds).
 ORPHAN_AGE = 60.0
+#: Upper bound on one guest agent's timeout per phase under --agent-interval.
+AGENT_TIMEOUT = 5.0
 
 
 @dataclasses.dataclass
@@ -141,7 +152,7 @@ class Monitor:
 
     def __init__(
         self, uri: str | None, settings: Settings, registry: Registry, *,
-        reconcile_interval: float = 60.0,
+        reconcile_interval: float = 60.0, agent_interval: float | None = None,
     ) -> None:
         #: What was asked for; None lets libvirt pick its default URI.
         self.uri = uri
@@ -162,6 +173,12 @@ class Monitor:
         # record rewritten by someone else makes it sync again.
         self._synced: dict[str, tuple[int, DomainRecord | None]] = {}
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: --agent-interval: None (off), or seconds between guest-agent polls.
+        self.agent_interval = agent_interval
+        #: Per phase (sync, each command): short, as one stuck agent holds the loop.
+        self.agent_timeout = min(AGENT_TIMEOUT, agent_interval / 4) if agent_interval else 0.0
+        #: UUID -> what its guest agent said at the last poll (written into the metadata).
+        self._agents: dict[str, metadata.AgentStatus] = {}
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -184,6 +201,7 @@ class Monitor:
     def serve(self) -> int:
         """Run until :meth:`stop`: connect, reconcile, then follow events."""
         next_reconcile = 0.0
+        next_agents = 0.0 if self.agent_interval else float("inf")
         announced = False
         while not self._stopping:
             if self.conn is None:
@@ -193,10 +211,13 @@ class Monitor:
             if time.monotonic() >= next_reconcile:
                 self._attempt("reconcile", self.reconcile)
                 next_reconcile = time.monotonic() + self.reconcile_interval
+            if self.agent_interval and time.monotonic() >= next_agents:
+                self._attempt("guest agents", self.poll_agents)
+                next_agents = time.monotonic() + self.agent_interval
             if not announced:
                 service.ready(f"following domain events on {self.where}")
                 announced = True
-            self._wait(max(0.0, next_reconcile - time.monotonic()))
+            self._wait(max(0.0, min(next_reconcile, next_agents) - time.monotonic()))
             if self._stopping:
                 break
             self.process_pending()
@@ -374,6 +395,7 @@ class Monitor:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 raise
             self._synced.pop(uuid, None)
+            self._agents.pop(uuid, None)
             record = self.registry.by_uuid(uuid)
             if record is not None and record.driver == self.driver:
                 self._forget(record)
@@ -382,6 +404,7 @@ class Monitor:
             self._sync_active(domain, uuid)
         else:
             self._synced.pop(uuid, None)
+            self._agents.pop(uuid, None)
             self._sync_inactive(uuid)
 
     def reconcile(self) -> ReconcileReport:
@@ -428,6 +451,74 @@ class Monitor:
                 report.domains, report.records, len(report.removed), len(report.orphans),
             )
         return report
+
+    def poll_agents(self) -> int:
+        """Ask the guest agent of every running domain of ours; return how many changed.
+
+        A domain whose agent says something new (or stops answering) gets
+        its live metadata rewritten with the new ``<xcb:agent>``; the rest
+        are not touched.
+        """
+        import libvirt
+
+        from .qga import AGENT_CHANNEL
+
+        changed = 0
+        running: set[str] = set()
+        for record in self._list_records():
+            if record.driver != self.driver or record.state != "running":
+                continue
+            if not any(c.name == AGENT_CHANNEL and c.connection is Connection.SOCKET and c.path
+                       for c in record.channels):
+                continue
+            running.add(record.uuid)
+            status = self._query_agent(record)
+            if self._agents.get(record.uuid) == status:
+                continue
+            self._agents[record.uuid] = status
+            try:
+                domain = self.conn.lookupByUUIDString(record.uuid)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                continue  # gone meanwhile: its event syncs it
+            self._sync_active(domain, record.uuid)
+            changed += 1
+        for uuid in set(self._agents) - running:
+            del self._agents[uuid]
+        return changed
+
+    def _query_agent(self, record: DomainRecord) -> metadata.AgentStatus:
+        """One domain's hostname, OS and addresses, or "not-responding"."""
+        from .agenttypes import GuestInfo
+        from .errors import AgentError
+        from .guestcmds import get_guest_info
+        from .qga import connect_agent
+
+        found: dict[str, GuestInfo] = {}
+        try:
+            with connect_agent(record.uuid, rundir=self.settings.rundir) as agent:
+                for group in ("hostname", "os", "interfaces"):
+                    try:
+                        found[group] = get_guest_info(agent, [group], self.agent_timeout)
+                    except AgentError as exc:
+                        # A command this guest lacks or blocks: report the others.
+                        if exc.error_class != "CommandNotFound":
+                            raise
+        except XenChannelError as exc:
+            previous = self._agents.get(record.uuid)
+            if previous is None or previous.state != "not-responding":
+                log.info("domain %s (%s): guest agent not responding: %s",
+                         shown(record.name), record.uuid, exc.message())
+            return metadata.agent_status("not-responding")
+        os_info = found["os"].os if "os" in found else None
+        return metadata.agent_status(
+            "connected",
+            hostname=found["hostname"].hostname if "hostname" in found else None,
+            os_id=os_info.id if os_info else None,
+            os_version=(os_info.version_id or os_info.version) if os_info else None,
+            interfaces=(found["interfaces"].interfaces or ()) if "interfaces" in found else (),
+        )
 
     def _collect_orphan_claims(self, domains: dict[str, Any], report: ReconcileReport) -> None:
         """Release claims left by a prepare that died before writing its record.
@@ -492,11 +583,12 @@ class Monitor:
             self._synced[uuid] = (domain.ID(), record)
             return  # not a domain of ours
         channels = _live_channels(root, managed, label)
-        wanted = metadata.Metadata(tuple(channels), "running")
+        agent = self._agents.get(uuid)
+        wanted = metadata.Metadata(tuple(channels), "running", agent)
         if current != wanted:
             domain.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                metadata.metadata_xml(channels, "running"),
+                metadata.metadata_xml(channels, "running", agent),
                 metadata.PREFIX, metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE,
             )
             log.info("%s: live metadata written (%s)", label, _describe(channels))
@@ -614,13 +706,18 @@ def run(args: argparse.Namespace, streams: Streams) -> int:
         raise UsageError(
             f"--reconcile-interval must be a positive number of seconds, not {interval:g}"
         )
+    agent_interval = getattr(args, "agent_interval", None)
+    if agent_interval is not None and not agent_interval > 0:
+        raise UsageError(
+            f"--agent-interval must be a positive number of seconds, not {agent_interval:g}"
+        )
     from .libvirtconn import libvirt_module
 
     libvirt_module(args.connect)  # a missing binding is fatal at once, not retried
     settings = load_settings(args.rundir)
     # --connect absent: None, and libvirt resolves its own default URI.
     monitor = Monitor(args.connect, settings, Registry(settings.rundir),
-                      reconcile_interval=interval)
+                      reconcile_interval=interval, agent_interval=agent_interval)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
