@@ -395,3 +395,25 @@ def test_shutdown_and_reboot_succeed_silently_like_qemu_ga(
     code, out, err = run(action, "vm1", "--mode", "agent", "--rundir", fake_domain)
     assert (code, err) == (0, "")
     assert out == (GOLDEN_DIR / "virsh" / expected).read_text().replace("'test'", "'vm1'")
+
+
+@pytestmark_real
+def test_the_api_returns_frozen_dataclasses(domain: Any) -> None:
+    import dataclasses
+
+    from xen_channel_backend import api
+
+    interfaces = api.interface_addresses("web01", rundir=domain.rundir)
+    assert isinstance(interfaces, tuple) and all(isinstance(i, api.GuestInterface)
+                                                 for i in interfaces)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        interfaces[0].name = "x"  # type: ignore[misc]
+    info = api.guest_info("web01", ["hostname", "os"], rundir=domain.rundir)
+    assert info.hostname == socket.gethostname() and info.interfaces is None
+    assert isinstance(info.os, api.GuestOSInfo)
+    assert api.get_time("web01", rundir=domain.rundir).seconds > 0
+    assert [f.mountpoint for f in api.fs_info("web01", rundir=domain.rundir)]
+    assert api.agent_command("web01", {"execute": "guest-ping"}, rundir=domain.rundir) == \
+        {"return": {}}
+    with pytest.raises(ValueError, match="unknown guest info group"):
+        api.guest_info("web01", ["everything"], rundir=domain.rundir)
