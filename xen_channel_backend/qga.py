@@ -695,7 +695,9 @@ def check_agent_socket(
 def lookup_domain(registry: Registry, domain: str) -> DomainRecord:
     """The one place that resolves a DOMAIN argument (a name or a UUID) to its record.
 
-    Raises UnknownDomain.
+    Every guest-agent command and API function goes through here, so a
+    numeric domain id (virsh accepts one) needs only this function to learn
+    it once the registry records ids.  Raises UnknownDomain.
     """
     record = registry.get(domain)
     if record is None:
