@@ -105,8 +105,8 @@ paths = st.from_regex(r"/[A-Za-z0-9._ /+:@-]{0,90}", fullmatch=True).filter(
 def channel_lists(draw: st.DrawFn) -> list[Channel]:
     chosen = draw(st.lists(names, unique=True, max_size=8))
     return [
-        Channel(name, draw(st.sampled_from(Connection)), draw(st.none() | paths),
-                target=draw(st.sampled_from(Target)))
+        Channel(name, draw(st.sampled_from(list(Connection))), draw(st.none() | paths),
+                target=draw(st.sampled_from(list(Target))))
         for name in chosen
     ]
 

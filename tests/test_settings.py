@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xen_channel_backend.errors import RunDirTooLong, SettingsError
 from xen_channel_backend.paths import socket_path
@@ -13,6 +15,7 @@ from xen_channel_backend.settings import (
     LIBVIRT_CHANNEL_ROOTS,
     Settings,
     load_settings,
+    parse_ini,
 )
 
 
@@ -127,3 +130,36 @@ def test_undecodable_file_is_one_line(tmp_path: Path) -> None:
     path.write_bytes(b"[xen-channel]\ngroup = \xff\n")
     with pytest.raises(SettingsError, match="UTF-8"):
         load_settings(environ={"XEN_CHANNEL_CONFIG": str(path)})
+
+
+# --- the lean INI reader agrees with configparser -----------------------------------
+
+_lines = st.one_of(
+    st.sampled_from(["", "# comment", "; comment", "[xen-channel]", "[other]", "[DEFAULT]",
+                     "[]", "[a] trailing", "key", "=v", "  ; indented comment"]),
+    st.builds(lambda k, sep, v: f"{k}{sep}{v}",
+              st.sampled_from(["rundir", "Group", "allowed_roots", "x", " key "]),
+              st.sampled_from(["=", " = ", ":", ": "]),
+              st.from_regex(r"[a-z/ :.]{0,12}", fullmatch=True)),
+    st.builds(lambda v: f"    {v}", st.from_regex(r"[a-z/]{1,8}", fullmatch=True)),
+)
+
+
+@given(st.lists(_lines, max_size=12))
+def test_parse_ini_reads_what_configparser_reads(lines: list[str]) -> None:
+    import configparser
+
+    text = "\n".join(lines) + "\n"
+    parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                       default_section="\x00none")
+    try:
+        parser.read_string(text)
+        expected: dict[str, dict[str, str]] | None = {
+            name: dict(parser.items(name, raw=True)) for name in parser.sections()}
+    except configparser.Error:
+        expected = None
+    try:
+        got: dict[str, dict[str, str]] | None = parse_ini(text, "x.conf")
+    except SettingsError:
+        got = None
+    assert got == expected

@@ -6,10 +6,16 @@ the new one, never a prefix of the new one.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
+
+def unlink_if_present(path: str, *, dir_fd: int | None = None) -> None:
+    """Remove a file that may already be gone (a racing remover, a crash)."""
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 def atomic_write(
     path: str | os.PathLike[str], data: bytes | str, mode: int | None = None
@@ -68,8 +74,7 @@ def replace_at(
             os.fsync(handle.fileno())
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
+        unlink_if_present(tmp, dir_fd=dir_fd)
         raise
     os.fsync(dir_fd)
 

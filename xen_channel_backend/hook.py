@@ -38,10 +38,8 @@ the document losslessly, load lxml through domxml.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
 
 from .errors import (
     PathNotAllowed,
@@ -58,7 +56,10 @@ from .translate import connection_from_xml
 # treats a module-level TYPE_CHECKING = False the same way).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
     from typing import IO, Any
+
+    Handler = Callable[["HookCall"], int]
 
     from .registry import ChannelRecord, DomainRecord, Registry
     from .settings import Settings
@@ -86,7 +87,7 @@ SOCKET_DIR_MODE = 0o750
 class ScannedDomain(Frozen):
     """What the read-only operations need from the domain XML."""
 
-    __slots__ = ("name", "uuid", "channels")
+    __slots__ = ("channels", "name", "uuid")
     name: str | None
     uuid: str | None
     channels: tuple[Channel, ...]
@@ -313,13 +314,17 @@ def prepare(call: HookCall) -> int:
         # what the domain held before, or none).  remove() only unlinks, so
         # it works on a full disk too.
         for directory in reversed(created):
-            with contextlib.suppress(OSError):
+            try:
                 os.rmdir(directory)
-        with contextlib.suppress(XenChannelError, OSError):
+            except OSError:
+                pass  # not empty or gone: left, as release would leave it
+        try:
             if previous is None:
                 registry.remove(uuid)
             else:
                 registry.claim_paths(previous)
+        except (XenChannelError, OSError):
+            pass  # the original failure is the one to report
         raise
     return 0
 
@@ -546,8 +551,6 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     metadata.set_domain_metadata(root, channels, current.state)
     return True
 
-
-Handler = Callable[[HookCall], int]
 
 #: (OP, SUBOP) -> handler, for both drivers; (op, subop) pairs not here exit 0.
 #: No start or stopped: libvirt always follows start with started and

@@ -12,12 +12,11 @@ keep the two in step (tests/test_guest_setup.py checks both on one table).
 
 from __future__ import annotations
 
-import enum
-
 from .errors import InvalidChannelName, InvalidSocketPath, UnsupportedChannel
 
 TYPE_CHECKING = False  # not typing's: the hooks import this module on every call
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, Self
 
 #: sun_path is 108 bytes including the terminating NUL.
@@ -39,27 +38,88 @@ NAME_RULE = (
 _CONTROL = frozenset(map(chr, (*range(0x20), 0x7F)))
 
 
-class Connection(enum.StrEnum):
+class _ChoiceType(type):
+    """Iteration and len() over a Choice class's members, as over an Enum."""
+
+    def __iter__(cls) -> Iterator[Any]:
+        return iter(cls._members)  # type: ignore[attr-defined]
+
+    def __len__(cls) -> int:
+        return len(cls._members)  # type: ignore[attr-defined]
+
+
+class Choice(str, metaclass=_ChoiceType):
+    """A string from a fixed set: what we used enum.StrEnum for, without enum.
+
+    The hooks import this module on every call, and ``import enum`` (with
+    the functools and collections it pulls in) costs each of them several
+    milliseconds.  Members are single instances, so ``is`` compares them;
+    ``Cls(value)`` returns the member or raises ValueError; a member is
+    equal to its plain string, formats as it and has ``.value`` and
+    ``.name``; iterating the class yields the members in order.
+    """
+
+    _members: tuple[Choice, ...] = ()
+    _by_value: dict[str, Choice] = {}
+    name: str
+
+    def __new__(cls, value: object) -> Self:
+        member = cls._by_value.get(value) if isinstance(value, str) else None
+        if member is None or not isinstance(member, cls):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}")
+        return member
+
+    @classmethod
+    def _define(cls, **members: str) -> None:
+        made = []
+        for name, value in members.items():
+            member = str.__new__(cls, value)
+            object.__setattr__(member, "name", name)
+            setattr(cls, name, member)
+            made.append(member)
+        cls._members = tuple(made)
+        cls._by_value = {m: m for m in made}
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {str.__repr__(self)}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.value,)
+
+
+class Connection(Choice):
     """How dom0 sees the channel: xl's ``connection=`` / libvirt's source type."""
 
-    SOCKET = "socket"
-    PTY = "pty"
+    SOCKET: Connection
+    PTY: Connection
 
 
-class Target(enum.StrEnum):
+class Target(Choice):
     """libvirt's ``<target type=...>`` of a channel."""
 
-    XEN = "xen"
-    VIRTIO = "virtio"
-    GUESTFWD = "guestfwd"
+    XEN: Target
+    VIRTIO: Target
+    GUESTFWD: Target
 
 
-class DomainState(enum.StrEnum):
+class DomainState(Choice):
     """Where a domain is in its life, as the registry and our metadata record it."""
 
-    PREPARING = "preparing"
-    RUNNING = "running"
-    STOPPED = "stopped"
+    PREPARING: DomainState
+    RUNNING: DomainState
+    STOPPED: DomainState
+
+
+Connection._define(SOCKET="socket", PTY="pty")
+Target._define(XEN="xen", VIRTIO="virtio", GUESTFWD="guestfwd")
+DomainState._define(PREPARING="preparing", RUNNING="running", STOPPED="stopped")
 
 
 def validate_name(name: str | None, *, required: bool = True) -> None:
@@ -160,7 +220,7 @@ class Channel(Frozen):
     Every instance has passed the name and path rules.
     """
 
-    __slots__ = ("name", "connection", "path", "backend", "target")
+    __slots__ = ("backend", "connection", "name", "path", "target")
     name: str | None
     connection: Connection
     path: str | None

@@ -38,17 +38,16 @@ directories are opened (:func:`make_dirs_nofollow`, :func:`open_dir_nofollow`).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import stat
-from collections.abc import Iterable
 
 from .errors import InvalidSocketPath, InvalidUUID, PathNotAllowed, RunDirTooLong
 from .model import MAX_SOCKET_PATH, validate_name, validate_path
 
 TYPE_CHECKING = False  # not typing's: the hook imports this module on every call
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .settings import Settings
 
 HASH_CHARS = 16
@@ -64,8 +63,39 @@ _BROKER_HASH_HEX = 12
 #: Longest run directory (bytes) for which every channel name still fits.
 MAX_RUNDIR = MAX_SOCKET_PATH - 1 - UUID_CHARS - 1 - MIN_LEAF
 
-_HEX = "[0-9a-fA-F]"
-_UUID_RE = re.compile(f"{_HEX}{{8}}-?{_HEX}{{4}}-?{_HEX}{{4}}-?{_HEX}{{4}}-?{_HEX}{{12}}")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_UUID_GROUPS = (8, 4, 4, 4, 12)
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 of ``data`` in hex, without importing hashlib on the hooks' path.
+
+    hashlib loads OpenSSL's libcrypto (2-4 ms of every hook call); CPython's
+    built-in _sha256 computes the same digest.  hashlib is the fallback on
+    an interpreter without it (3.12 renamed it _sha2).
+    """
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - other interpreters
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef]
+        except ImportError:
+            from hashlib import sha256
+    digest: str = sha256(data).hexdigest()
+    return digest
+
+
+def _is_uuid(text: str) -> bool:
+    """8-4-4-4-12 hex digits, each dash optional (as libvirt accepts them)."""
+    position = 0
+    for index, size in enumerate(_UUID_GROUPS):
+        group = text[position:position + size]
+        if len(group) != size or not _HEX_DIGITS.issuperset(group):
+            return False
+        position += size
+        if index < len(_UUID_GROUPS) - 1 and text[position:position + 1] == "-":
+            position += 1
+    return position == len(text)
 
 
 def canonical_uuid(value: str) -> str:
@@ -77,7 +107,7 @@ def canonical_uuid(value: str) -> str:
     several milliseconds on every call.
     """
     text = value.strip()
-    if not _UUID_RE.fullmatch(text):
+    if not _is_uuid(text):
         raise InvalidUUID(value)
     h = text.replace("-", "").lower()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -102,7 +132,7 @@ def socket_leaf(name: str, budget: int) -> str:
         raise ValueError(f"budget {budget} is below the minimum leaf of {MIN_LEAF}")
     if len(name) <= budget:  # names are ASCII, so characters == bytes
         return name
-    digest = hashlib.sha256(name.encode("ascii")).hexdigest()[:HASH_CHARS]
+    digest = sha256_hex(name.encode("ascii"))[:HASH_CHARS]
     return name[: budget - MIN_LEAF] + HASH_MARK + digest
 
 
@@ -129,7 +159,7 @@ def broker_socket_for(qemu_socket_path: str) -> str:
     if len(direct.encode("utf-8", "surrogateescape")) <= MAX_SOCKET_PATH:
         return direct
     directory, base = os.path.split(qemu_socket_path)
-    digest = hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = sha256_hex(base.encode("utf-8", "surrogateescape"))
     short = os.path.join(directory, _BROKER_HASHED_PREFIX + digest[:_BROKER_HASH_HEX])
     if len(short.encode("utf-8", "surrogateescape")) > MAX_SOCKET_PATH:
         raise InvalidSocketPath(

@@ -48,16 +48,13 @@ lookup then returns the one written last - use the UUID to be exact.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import stat
-from collections.abc import Iterable, Iterator, Mapping
 
-from .atomic import atomic_write, fsync_directory
+from . import jsonlite
+from .atomic import atomic_write, fsync_directory, unlink_if_present
 from .errors import (
     InvalidUUID,
     PathConflict,
@@ -67,10 +64,11 @@ from .errors import (
     shown,
 )
 from .model import Channel, Connection, DomainState, Frozen, Target
-from .paths import canonical_uuid, make_dirs_nofollow
+from .paths import canonical_uuid, make_dirs_nofollow, sha256_hex
 
 TYPE_CHECKING = False  # not typing's: the hook imports this module on every call
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
     from typing import Any
 
 
@@ -138,7 +136,7 @@ class ChannelRecord(Frozen):
 class DomainRecord(Frozen):
     """A domain as the registry knows it.  ``uuid`` is stored canonical."""
 
-    __slots__ = ("uuid", "name", "driver", "state", "channels")
+    __slots__ = ("channels", "driver", "name", "state", "uuid")
     uuid: str
     name: str
     driver: str
@@ -182,7 +180,7 @@ class DomainRecord(Frozen):
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return jsonlite.dumps(self.to_dict()) + "\n"
 
     @classmethod
     def from_json(cls, data: str | bytes | Mapping[str, Any]) -> DomainRecord:
@@ -192,8 +190,8 @@ class DomainRecord(Frozen):
         a bad channel) on anything malformed; the registry turns those into
         RegistryError naming the file.
         """
-        obj = json.loads(data) if isinstance(data, str | bytes) else data
-        if not isinstance(obj, Mapping):
+        obj = jsonlite.loads(data) if isinstance(data, str | bytes) else data
+        if not isinstance(obj, dict):
             raise TypeError("a record is a JSON object")
         if obj.get("version") != FORMAT_VERSION:
             raise ValueError(f"unknown record version {obj.get('version')!r}")
@@ -211,7 +209,7 @@ def _normalize(path: str) -> str:
 
 
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256_hex(text.encode("utf-8", "surrogateescape"))
 
 
 class Registry:
@@ -344,8 +342,7 @@ class Registry:
         with self._locked(uuid, remove_lock=True):
             self._release_locked(uuid)
             old = self._read_record(uuid)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._record_path(uuid))
+            unlink_if_present(self._record_path(uuid))
             if old is not None:
                 self._unindex(old.name, uuid)
             fsync_directory(self.records_dir)
@@ -522,33 +519,8 @@ class Registry:
             raise RegistryError(path, "file is over 1 MiB")
         return data
 
-    @contextlib.contextmanager
-    def _locked(self, uuid: str, *, remove_lock: bool = False) -> Iterator[None]:
-        path = os.path.join(self._locks_dir, f"{uuid}.lock")
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    on_disk = os.stat(path, follow_symlinks=False)
-                except FileNotFoundError:
-                    on_disk = None
-                held = os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (
-                held.st_ino, held.st_dev,
-            ):
-                break
-            # remove() unlinked the file we waited on; lock the new one.
-            os.close(fd)
-        try:
-            yield
-            if remove_lock:
-                os.unlink(path)
-        finally:
-            os.close(fd)
+    def _locked(self, uuid: str, *, remove_lock: bool = False) -> _DomainLock:
+        return _DomainLock(os.path.join(self._locks_dir, f"{uuid}.lock"), remove_lock)
 
     def _owned_path(self, uuid: str) -> str:
         return os.path.join(self._owned_dir, f"{uuid}.json")
@@ -559,7 +531,7 @@ class Registry:
         if data is None:
             return []
         try:
-            paths = json.loads(data)
+            paths = jsonlite.loads(data)
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 raise ValueError("not a list of paths")
         except ValueError as exc:
@@ -568,10 +540,9 @@ class Registry:
 
     def _write_owned(self, uuid: str, paths: builtins.list[str]) -> None:
         if paths:
-            atomic_write(self._owned_path(uuid), json.dumps(paths) + "\n")
+            atomic_write(self._owned_path(uuid), jsonlite.dumps(paths) + "\n")
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._owned_path(uuid))
+            unlink_if_present(self._owned_path(uuid))
 
     def _claim_path(self, path: str) -> str:
         return os.path.join(self._claims_dir, _digest(path))
@@ -582,7 +553,7 @@ class Registry:
         if data is None:
             return None
         try:
-            owner = json.loads(data)
+            owner = jsonlite.loads(data)
             if not isinstance(owner, dict) or not isinstance(owner.get("uuid"), str):
                 raise ValueError("no owner UUID")
         except ValueError as exc:
@@ -592,7 +563,7 @@ class Registry:
     def _claim_one(self, path: str, record: DomainRecord) -> bool:
         """Claim ``path`` for ``record``; True if created, False if already ours."""
         claim = self._claim_path(path)
-        payload = json.dumps({"path": path, "uuid": record.uuid, "name": record.name}) + "\n"
+        payload = jsonlite.dumps({"path": path, "uuid": record.uuid, "name": record.name}) + "\n"
         tmp = os.path.join(self._claims_dir, f".{record.uuid}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o644)
@@ -608,8 +579,7 @@ class Registry:
             except FileExistsError:
                 pass
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            unlink_if_present(tmp)
         owner = self._read_claim(path)
         if owner is None:
             # Released between our link and our read: try once more.
@@ -618,10 +588,12 @@ class Registry:
             return False
         owner_uuid = owner["uuid"]
         owner_name: str | None = owner.get("name")
-        with contextlib.suppress(RegistryError, InvalidUUID):
+        try:
             current = self._read_record(canonical_uuid(owner_uuid))
-            if current is not None:
-                owner_name = current.name
+        except (RegistryError, InvalidUUID):
+            current = None
+        if current is not None:
+            owner_name = current.name
         raise PathConflict(path, owner_uuid, owner_name, record.uuid, record.name)
 
     def _unclaim(self, path: str, uuid: str) -> None:
@@ -629,8 +601,7 @@ class Registry:
         # Only the owner (holding its own lock) removes its claim, so the file
         # cannot change hands between this read and the unlink.
         if owner is not None and owner["uuid"] == uuid:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._claim_path(path))
+            unlink_if_present(self._claim_path(path))
 
     def _release_locked(self, uuid: str) -> None:
         for path in self._read_owned(uuid):
@@ -657,12 +628,54 @@ class Registry:
         if self._index_lookup(name) == uuid:
             return
         tmp = os.path.join(self._names_dir, f".{uuid}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        unlink_if_present(tmp)
         os.symlink(uuid, tmp)
         os.replace(tmp, link)
 
     def _unindex(self, name: str, uuid: str) -> None:
         if self._index_lookup(name) == uuid:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._name_link(name))
+            unlink_if_present(self._name_link(name))
+
+
+class _DomainLock:
+    """flock(2) on one domain's lock file, for ``with``.
+
+    A class rather than contextlib.contextmanager: the hooks take this lock
+    on every call, and contextlib's import costs each of them milliseconds.
+    The lock file is unlinked by Registry.remove while held; a waiter that
+    then wins the dead inode notices (fstat vs stat) and retries on a fresh
+    file.
+    """
+
+    def __init__(self, path: str, remove_lock: bool) -> None:
+        self.path = path
+        self.remove_lock = remove_lock
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    on_disk = os.stat(self.path, follow_symlinks=False)
+                except FileNotFoundError:
+                    on_disk = None
+                held = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (
+                held.st_ino, held.st_dev,
+            ):
+                self.fd = fd
+                return
+            # remove() unlinked the file we waited on; lock the new one.
+            os.close(fd)
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        try:
+            if kind is None and self.remove_lock:
+                os.unlink(self.path)
+        finally:
+            os.close(self.fd)

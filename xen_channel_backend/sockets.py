@@ -14,17 +14,18 @@ here, and nothing done at import time.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
 
+from .atomic import unlink_if_present
 from .errors import XenChannelError
 
 # Not typing.TYPE_CHECKING: importing typing costs every hook call.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .registry import DomainRecord, Registry
     from .settings import Settings
 
@@ -139,8 +140,7 @@ def remove_stale(path: str, *, even_live: bool = False, root: str | None = None)
         except Occupied as exc:
             if not (even_live and exc.kind == Occupied.LIVE):
                 raise
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(leaf, dir_fd=parent)
+        unlink_if_present(leaf, dir_fd=parent)
         return True
     finally:
         os.close(parent)
