@@ -9,7 +9,8 @@ runs what ``xen-channel convert --to libvirt`` runs on it,
 
 Both are whole processes (start-up included: a few tens of ms against
 seconds), timed by wall clock, best of the rounds; peak memory is each
-process's peak RSS (``ru_maxrss`` from wait4), the highest over the rounds.
+process's peak RSS as GNU time reports it (``/usr/bin/time -f %M``), the
+highest over the rounds.
 
 Goal (issue 9): on a 16 MiB file, at most 10x xl's time and at most 20x the
 input size in peak memory, and time and memory linear in the input.  The
@@ -95,32 +96,29 @@ class Measured:
             self.parse_time = min(self.parse_time, float(fields[0]))
 
 
+#: GNU time reports a child's peak RSS from a process of its own: a child
+#: spawned straight from this (large) process would inherit its high-water
+#: mark through fork/exec, and wait4 would report ours, not the child's.
+TIME = "/usr/bin/time"
+
+
 def run(argv: list[str], env: dict[str, str] | None, into: Measured, ours: bool) -> None:
     """Run one process, which must exit 0; record its wall time and peak RSS."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE if ours else subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    # Read the pipes ourselves: communicate() would reap the child before
-    # wait4 could report its peak RSS.  xl's JSON goes to /dev/null; ours
-    # is one number, and error output is short.
-    assert proc.stderr is not None
-    output = proc.stdout.read() if proc.stdout is not None else b""
-    errors = proc.stderr.read()
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-    elapsed = time.perf_counter() - began
-    code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
-    if code != 0:
-        raise SystemExit(f"{argv[0]} failed ({code}): {errors.decode()[-500:]}")
-    into.add(elapsed, usage.ru_maxrss * 1024, output)
+    with tempfile.NamedTemporaryFile("r") as report:
+        began = time.perf_counter()
+        proc = subprocess.run(
+            [TIME, "-f", "%M", "-o", report.name, *argv],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE if ours else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+        elapsed = time.perf_counter() - began
+        peak_kib = report.read().split()
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.decode()[-500:]}")
+    into.add(elapsed, int(peak_kib[-1]) * 1024, proc.stdout or b"")
 
 
 Command = tuple[list[str], "dict[str, str] | None", bool]
@@ -141,7 +139,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--only", action="append", help="shape names to run (repeatable)")
     args = parser.parse_args()
-    missing = xl_dryrun.missing_parts()
+    missing = xl_dryrun.missing_parts() or (
+        None if os.access(TIME, os.X_OK) else f"{TIME} (GNU time) is missing: apt-get install time"
+    )
     if missing is not None:
         print(f"SKIPPED: {missing}")
         return 0
@@ -152,7 +152,8 @@ def main() -> int:
     ours = [sys.executable, "-c", OURS]
     print(f"baseline: LD_PRELOAD={env['LD_PRELOAD']} LC_ALL=C {xl_dryrun.XL} -N create FILE")
     print(f"ours:     {sys.executable} -c <read FILE; xlcfg.read_channels(parse_config(...))>")
-    print(f"          (cwd {ROOT}; best time and highest peak RSS of {rounds} alternating rounds)")
+    print(f"          (cwd {ROOT}; best time and highest peak RSS of {rounds} alternating rounds,")
+    print(f"          both run as {TIME} -f %M COMMAND)")
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty.cfg"
         empty.write_bytes(xl_dryrun.PREFIX.encode())

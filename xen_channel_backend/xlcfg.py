@@ -795,7 +795,8 @@ def replace_channels(config: XlConfig, channels: Iterable[Channel]) -> str:
     """``config``'s text with its channel settings replaced by ``channels``.
 
     Every ``channel =`` and ``channel +=`` setting is removed and the new
-    setting takes the place of the first one (or is appended at the end).
+    setting takes the place of the first one (or is appended at the end,
+    before a stray last byte that xl drops, so xl still accepts the file).
     A removed setting that stood alone on its line takes its line with it;
     every other character of the file is kept.  With no channels, the
     settings are only removed.
