@@ -1,6 +1,6 @@
 """Cost of the libvirt hooks, as ratios against baselines measured in the same run.
 
-libvirtd runs every hook synchronously (FACTS 1), so their start-up cost is
+libvirtd runs every hook synchronously (background.md §1), so their start-up cost is
 added to every domain start, stop and daemon restart.  Each figure runs the
 shim that ``xen-channel install-hooks`` writes, exactly as libvirtd runs it
 (argv ``DOMAIN OP SUBOP -``, XML on stdin, only HOME, LC_ALL=C and PATH):

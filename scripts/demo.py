@@ -72,7 +72,7 @@ URI = "test:///default"
 DOMAIN_NAME = "demo-guest"
 DOMAIN_UUID = "0d3e0c0d-e000-4a6e-8d3e-00000000d3e0"
 CHANNEL = "org.example.agent.0"
-#: Channel i of a domain is xenbus device console-(i+1) (FACTS §4); ours is the first.
+#: Channel i of a domain is xenbus device console-(i+1) (background.md §4); ours is the first.
 CONSOLE = 1
 #: The second channel: the guest's qemu-guest-agent (issue 10).
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
@@ -314,7 +314,7 @@ class Scenario:
         """Run the installed libxl shim exactly as libvirtd does.
 
         libvirtd runs ``HOOK DOMAIN OP SUBOP EXTRA`` with the domain XML on
-        stdin and only HOME, LC_ALL=C and PATH in the environment (FACTS 1);
+        stdin and only HOME, LC_ALL=C and PATH in the environment (background.md §1);
         the shim passes the call to hook.main with its driver in front.
         """
         if self.shim is None:
@@ -491,7 +491,7 @@ class Scenario:
     def step6_xenstore(self) -> str:
         from xenstore_standin import XenstoreStandin
 
-        # What libxl writes for a channel (FACTS §4), as the guest's home sees it.
+        # What libxl writes for a channel (background.md §4), as the guest's home sees it.
         tree: dict[str, str] = {}
         for console, name, path in ((CONSOLE, CHANNEL, self.socket_path),
                                     (AGENT_CONSOLE, AGENT_CHANNEL, self.agent_socket_path)):

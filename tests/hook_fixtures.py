@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
-#: libvirt's hook environment: nothing but these (FACTS 1, tested on a real libvirtd).
+#: libvirt's hook environment: nothing but these (background.md §1, tested on a real libvirtd).
 HOOK_ENV_KEYS = ("HOME", "LC_ALL", "PATH")
 
 

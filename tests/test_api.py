@@ -41,7 +41,7 @@ PTY = Channel("org.example.console", Connection.PTY, "/dev/pts/3", target=Target
 
 
 def test_importing_the_package_imports_nothing_else() -> None:
-    # The hooks import the package on every call (FACTS 1: ~15 ms budget for a shell hook).
+    # The hooks import the package on every call (background.md §1: ~15 ms budget for a shell hook).
     code = ("import sys, xen_channel_backend; "
             "print(sorted(m for m in sys.modules if m.startswith(('xen_channel', 'lxml', "
             "'libvirt', 'typing'))))")

@@ -125,7 +125,7 @@ def test_libvirt_version_threshold(answer: str | None, status: str) -> None:
 
 
 def test_xl_of_debian_12_loses_the_first_channel() -> None:
-    """The real xl 4.17 through the translator's test-only LD_PRELOAD stub (FACTS 3)."""
+    """The real xl 4.17 through the translator's test-only LD_PRELOAD stub (background.md §3)."""
     import xl_dryrun
 
     xl_dryrun.require_xl()

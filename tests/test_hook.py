@@ -174,7 +174,7 @@ def test_qemu_connect_mode_channel_is_not_ours(host: HookHost) -> None:
         assert not os.path.exists(os.path.dirname(absent_dir_path))
         assert call(host, "qemu", "release", "end", xml) == (0, "", "")
         assert stat.S_ISSOCK(os.lstat(server_path).st_mode)
-    # libxl ignores the mode: Xen's QEMU listens there, so it is ours (FACTS 2),
+    # libxl ignores the mode: Xen's QEMU listens there, so it is ours (background.md §2),
     # and the server's socket file, now stale, is cleared for it.
     assert call(host, "libxl", "prepare", "begin", xml.replace(b"virtio", b"xen"))[0] == 0
     assert Registry(host.rundir).claim_owner(server_path) == uuid

@@ -1,6 +1,6 @@
 """Concurrent hook processes, through the real installed shim and a cut environment.
 
-libvirtd runs the hooks of different domains at the same time (FACTS 1:
+libvirtd runs the hooks of different domains at the same time (background.md §1:
 CloudStack raced on mkdir, Qubes needed flock).  Each process here is
 ``<hooks>/libxl.d/xen-channel DOMAIN prepare begin -`` with the XML on stdin
 and only HOME, LC_ALL=C and PATH, exactly as libvirtd starts it.  All are

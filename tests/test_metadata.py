@@ -364,7 +364,7 @@ def test_domain_tree_edited_by_us_defines_and_reads_back(
 
 
 def test_missing_metadata_is_libvirt_error_80(test_domain: libvirt.virDomain) -> None:
-    # FACTS §2: a namespace with no element raises VIR_ERR_NO_DOMAIN_METADATA;
+    # background.md §2: a namespace with no element raises VIR_ERR_NO_DOMAIN_METADATA;
     # api.remote_channels and the monitor rely on this code.
     with pytest.raises(libvirt.libvirtError) as caught:
         test_domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NAMESPACE,

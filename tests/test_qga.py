@@ -186,7 +186,7 @@ def domain() -> Iterator[Any]:
 
 
 def test_qemu_ga_72_answers_the_delimiter_with_a_parse_error_first(domain: Any) -> None:
-    """The fact the sync is built on, checked on the raw socket (FACTS of docs/background.md)."""
+    """The fact the sync is built on, checked on the raw socket (docs/background.md §7)."""
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(domain.socket)
     sock.settimeout(WAIT)

@@ -1,7 +1,7 @@
 """A small xenstore server for tests and the demo: it replaces xenstored.
 
 No xenstored can run here: both need Xen (C xenstored dies on its first
-request, oxenstored on setrlimit; FACTS.md section 4).  Debian's real clients
+request, oxenstored on setrlimit; docs/background.md §4).  Debian's real clients
 (``xenstore-read``, ``-write``, ``-ls``, ``-exists``, ``-rm``, ``-list``) talk to
 any server on the Unix socket named by ``XENSTORED_PATH``, so this module
 speaks their wire protocol (xs_wire.h: a ``<IIII`` header of type, req_id,

@@ -3,7 +3,7 @@
 ``xl -N create CFG`` parses CFG with the real libxlu and xl_parse.c and prints
 the resulting libxl_domain_config as JSON, but libxl_ctx_alloc() needs Xen.
 tests/xlstub/xlstub.c answers the few libxenctrl/xenstore calls it makes
-(FACTS §3); this module compiles it with gcc at test time into tests/_build/
+(background.md §3); this module compiles it with gcc at test time into tests/_build/
 (git-ignored, keyed by the source's hash; no binary is ever committed) and runs
 xl under LD_PRELOAD.
 """

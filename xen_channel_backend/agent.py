@@ -1,7 +1,7 @@
 """The dom0 side of a channel: a protocol v1 client and ``xen-channel send``.
 
 A write to QEMU's channel socket "succeeds" whether or not anything in the
-guest reads it (CloudStack 3333, FACTS §5), so nothing here counts as
+guest reads it (CloudStack 3333, background.md §5), so nothing here counts as
 delivered until the guest agent's ``ack`` for that request id comes back.
 And because QEMU keeps the guest side open across dom0 reconnects, a new
 client can meet stale or half-written bytes (why qemu-ga has
@@ -129,7 +129,7 @@ class ChannelClient:
 
         A missing socket or a refused connect is retried, since QEMU may
         still be creating the socket while the domain starts.  EACCES is
-        not: retrying a permission error only hides it (FACTS §5).
+        not: retrying a permission error only hides it (background.md §5).
         """
         self.close()
         delay = self.backoff

@@ -2,8 +2,8 @@
 
 ``fill`` turns a domain definition into one whose unix channels all have a
 path before libvirt ever sees it.  That has to happen here, ahead of time:
-at prepare/start the hook may not change the XML (FACTS §1), and left alone
-libxl invents a name-keyed path with no length check (FACTS §2).
+at prepare/start the hook may not change the XML (background.md §1), and left alone
+libxl invents a name-keyed path with no length check (background.md §2).
 
 * A missing ``<uuid>`` is generated (uuid4) and written in, since the path
   policy keys every socket on the UUID (paths.py) and libvirt would otherwise
@@ -20,7 +20,7 @@ libxl invents a name-keyed path with no length check (FACTS §2).
 * Our ``<xcb:channels>`` metadata is written into the persistent definition.
 
 ``define`` then hands the result to libvirt-python.  This is the only place
-in the allocation path that talks to libvirt; hooks never do (FACTS §1:
+in the allocation path that talks to libvirt; hooks never do (background.md §1:
 calling back into libvirtd from a hook deadlocks).
 """
 
@@ -103,7 +103,7 @@ def fill_domain(
                 is_ours(settings, uuid, channel.name, path)  # refuses another domain's
             key = os.path.normpath(path)
             if key in users:
-                # QEMU unlinks whatever is at its path before binding (FACTS §2):
+                # QEMU unlinks whatever is at its path before binding (background.md §2):
                 # two channels on one path would silently take each other's socket.
                 raise PathNotAllowed(
                     channel.name, key, f"is also the path of channel {users[key]!r}"

@@ -1,8 +1,8 @@
 """``xen-channel broker``: share each channel's one QEMU connection among local consumers.
 
 QEMU serves a channel's ``server,nowait`` socket to one client at a time
-(FACTS §2), so a debugging client or a monitoring probe that connects first
-locks the real agent out (FACTS §5, "known pain").  The broker is that one
+(background.md §2), so a debugging client or a monitoring probe that connects first
+locks the real agent out (background.md §5, "known pain").  The broker is that one
 client for every running socket channel in the registry, and serves any
 number of local consumers on a second socket beside QEMU's
 (:func:`broker_socket_for`):

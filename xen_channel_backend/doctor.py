@@ -21,10 +21,10 @@ from .console import Streams
 from .errors import XenChannelError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-#: libvirt runs every script in /etc/libvirt/hooks/<driver>.d/ since 6.5.0 (FACTS 1).
+#: libvirt runs every script in /etc/libvirt/hooks/<driver>.d/ since 6.5.0 (background.md §1).
 HOOK_DIRS_SINCE = (6, 5, 0)
 #: Where Debian keeps the real xl; /usr/sbin/xl is a wrapper that refuses
-#: without /sys/hypervisor (FACTS 3).
+#: without /sys/hypervisor (background.md §3).
 XL_CANDIDATES = ("/usr/lib/xen-*/bin/xl", "/usr/sbin/xl", "/usr/bin/xl")
 LOST_CHANNEL_WORKAROUND = (
     "Debian 12's xl 4.17 gives the first channel devid 0, which collides with the primary "

@@ -1,7 +1,7 @@
 """The libvirt hook: ``main(argv, stdin, stdout, stderr) -> int``.
 
 libvirtd runs ``/etc/libvirt/hooks/{qemu,libxl}.d/xen-channel DOMAIN OP SUBOP
-EXTRA`` with the domain XML on stdin (FACTS 1).  The shell shim (see
+EXTRA`` with the domain XML on stdin (background.md §1).  The shell shim (see
 install.py) answers the operations we ignore and domains without a
 ``<channel`` itself; everything else arrives here as ``main([DRIVER, DOMAIN,
 OP, SUBOP, EXTRA])``.  The table :data:`HANDLERS` is the whole contract
@@ -23,7 +23,7 @@ restore begin      host, or nothing when nothing changes
 With the qemu driver a ``<source mode='connect'>`` channel is never ours:
 QEMU is its client, so it is not claimed, touched or re-allocated.
 
-What libvirt does with the exit status (FACTS 1): non-zero at prepare, start
+What libvirt does with the exit status (background.md §1): non-zero at prepare, start
 or started aborts the start and libvirt shows our one stderr line; at stopped
 and release it is ignored; at reconnect it kills the running domain.  The hook
 never calls libvirt (libvirtd waits for us synchronously: a call back would
@@ -32,7 +32,7 @@ deadlock) and prints nothing but XML on stdout.
 Start-up cost matters: libvirtd runs every hook synchronously.  This module
 imports only the standard library at import time; the read-only operations
 read the XML with expat (:func:`scan_domain`, ~1 ms to import) instead of
-lxml (35-50 ms here, FACTS 1); only migrate and restore, which must rewrite
+lxml (35-50 ms here, background.md §1); only migrate and restore, which must rewrite
 the document losslessly, load lxml through domxml.
 """
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 PROG = "xen-channel"
 DRIVERS = ("qemu", "libxl")
-#: libxl accepts only Xen channels (FACTS 2); QEMU serves virtio ones, and a
+#: libxl accepts only Xen channels (background.md §2); QEMU serves virtio ones, and a
 #: Xen target on a QEMU domain is refused by QEMU at start, not by us.
 MANAGED_TARGETS: Mapping[str, tuple[Target, ...]] = {
     "qemu": (Target.VIRTIO, Target.XEN),
@@ -245,7 +245,7 @@ class HookCall:
         return Registry(self.settings().rundir)
 
     def scan(self) -> ScannedDomain:
-        # libxl ignores the mode: Xen's QEMU always listens (FACTS 2).
+        # libxl ignores the mode: Xen's QEMU always listens (background.md §2).
         return scan_domain(self.data, self.targets, skip_connect_mode=self.driver == "qemu")
 
     def identity(self, domain: ScannedDomain) -> tuple[str, str]:
@@ -380,7 +380,7 @@ def _prepare_socket_dir(
 def _clear_stale_socket(label: str, path: str, root: str) -> None:
     """Unlink a stale socket at ``path``; anything else there fails the prepare.
 
-    QEMU unlinks whatever sits at its path before binding (FACTS 2), so a
+    QEMU unlinks whatever sits at its path before binding (background.md §2), so a
     regular file, a directory, a symlink or a socket somebody still listens
     on (another domain's QEMU, any other server) must stop the start here.
     """
@@ -436,7 +436,7 @@ def start(call: HookCall) -> int:
 
 
 def reconnect(call: HookCall) -> int:
-    """Re-register after a daemon restart; never fails (FACTS 1: it would kill the domain)."""
+    """Re-register after a daemon restart; never fails (background.md §1: it would kill the domain)."""
     try:
         _register_running(call, lenient=True)
     except XenChannelError as exc:
@@ -629,5 +629,5 @@ def main(
 
 def _fail(err: IO[str], op: str, domain: str, message: str, code: int) -> int:
     print(f"{PROG}: error: {op} hook for domain {shown(domain)}: {message}", file=err)
-    # A failed reconnect kills the domain (FACTS 1), whatever went wrong.
+    # A failed reconnect kills the domain (background.md §1), whatever went wrong.
     return 0 if op == "reconnect" else code

@@ -2,14 +2,14 @@
 
 libvirt 6.5+ runs every executable in ``/etc/libvirt/hooks/<driver>.d/``
 after the main ``<driver>`` script, in byte order, all of them even if one
-fails (FACTS 1).  So we install ``libxl.d/xen-channel`` and
+fails (background.md §1).  So we install ``libxl.d/xen-channel`` and
 ``qemu.d/xen-channel`` and never touch the admin's own ``qemu``/``libxl``
 scripts.  libvirtd discovers hooks only at start or on SIGHUP (tested here),
 so the command ends by saying so.
 
 The shim is rendered from :data:`SHIM_TEMPLATE`: the interpreter this command
 runs under (an absolute path: libvirt's hook environment is only HOME,
-``LC_ALL=C`` and PATH, FACTS 1) and the directories holding this package and
+``LC_ALL=C`` and PATH, background.md §1) and the directories holding this package and
 lxml.  hooks/qemu and hooks/libxl in the source tree are the same template
 rendered for a distribution install (``/usr/bin/python3`` and
 :data:`DISTRIBUTION_PYTHONPATH`); tests/test_install.py keeps them in step.

@@ -1,6 +1,6 @@
 """``xen-channel monitor``: keep the live metadata and the registry in step with libvirt.
 
-Hooks must never call libvirt (FACTS §1: the call is synchronous and
+Hooks must never call libvirt (background.md §1: the call is synchronous and
 libvirtd waits, so calling back deadlocks), yet the live ``<xcb:channels>``
 copy (with pty paths, which appear only at ``started``) can only be written
 through the API.  This long-running process does it:

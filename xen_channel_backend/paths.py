@@ -12,8 +12,8 @@ lower-case 8-4-4-4-12 form, ``N`` = the channel's target name)::
 Why this shape:
 
 * The directory is keyed on the UUID, never on the domain name: names are
-  renamable and libvirt's own name-keyed paths overflow sun_path (FACTS §2,
-  and oVirt moved to UUIDs for the same reason, FACTS §5).  The same
+  renamable and libvirt's own name-keyed paths overflow sun_path (background.md §2,
+  and oVirt moved to UUIDs for the same reason, background.md §5).  The same
   (UUID, name, run directory) gives the same path on every host, which keeps
   migration simple.
 * 107 bytes: sun_path is 108 bytes including the NUL (model.MAX_SOCKET_PATH).

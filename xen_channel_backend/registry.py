@@ -19,7 +19,7 @@ Why it is safe:
   dead inode notices (fstat vs stat) and retries on a fresh file.
 * A claim is created with link(2), which fails with EEXIST when the file is
   there: when two domains claim one path at once, exactly one link succeeds
-  (FACTS §2: QEMU unlinks whatever sits at its path, so a lost race would
+  (background.md §2: QEMU unlinks whatever sits at its path, so a lost race would
   otherwise silently steal a socket).  The content is written before the link,
   so a claim file is never seen empty.  ``owned/<uuid>.json`` is written
   before the links, so even after SIGKILL every claim of a domain is listed
@@ -33,7 +33,7 @@ Why it is safe:
 * A writer killed mid-write can leave a ``.*.tmp`` file behind; readers skip
   dot-files, and the run directory is on tmpfs (/run), so they go at reboot.
 * Another domain's claim is never taken over: the owner's own release
-  (libvirt calls ``release`` after every stop and failed start, FACTS §1)
+  (libvirt calls ``release`` after every stop and failed start, background.md §1)
   frees it.  A claim of the same UUID is simply kept.
 
 Cost: get/put/claim_paths/release/remove by UUID touch a fixed set of files

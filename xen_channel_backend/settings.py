@@ -32,7 +32,7 @@ DEFAULT_CONFIG = "/etc/xen-channel/xen-channel.conf"
 DEFAULT_RUNDIR = "/run/xen-channel"
 SECTION = "xen-channel"
 
-#: Directories libvirt itself already puts channel sockets in (FACTS §2: libxl's
+#: Directories libvirt itself already puts channel sockets in (background.md §2: libxl's
 #: /var/lib/libvirt/libxl/channel/target/..., qemu's /var/lib/libvirt/qemu/channel/
 #: target/... on libvirt 9.0 and /run/libvirt/qemu/channel/... on newer ones).
 #: Allowing them by default keeps hand-typed paths of existing domains working

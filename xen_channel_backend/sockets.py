@@ -1,7 +1,7 @@
 """Socket files at channel paths: is one stale, and removing one only if it is.
 
 QEMU listens on a channel's Unix socket and unlinks whatever sits at the path
-before binding (FACTS §2); a killed QEMU leaves its socket file behind.  The
+before binding (background.md §2); a killed QEMU leaves its socket file behind.  The
 hooks, the monitor and the broker each clear such leftovers, and none of them
 may ever remove a socket somebody still listens on (another domain's QEMU, a
 second broker, the server a ``<source mode='connect'>`` channel points at).

@@ -27,7 +27,7 @@ class Field(Frozen):
     ``xml`` is ``(child, attribute)`` relative to ``<channel>``; ``"."`` means
     the ``<channel>`` element itself; None means libvirt cannot express it.
     ``xl_connections`` limits the xl key to those connection types: xl drops a
-    pty's path silently (FACTS §3), so we never write one.  ``xml_connections``
+    pty's path silently (background.md §3), so we never write one.  ``xml_connections``
     does the same for the XML attribute, and ``xml_default`` is written when
     the value is unset but its element is written anyway: libvirt requires a
     ``mode`` on a unix ``<source>``, and ``bind`` is QEMU listening.

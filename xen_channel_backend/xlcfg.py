@@ -1,6 +1,6 @@
 """The Xen side: xl.cfg file syntax and xl's channel SPEC grammar, pure strings.
 
-Two layers, both modelled on what Xen 4.17's ``xl`` really does (FACTS §3,
+Two layers, both modelled on what Xen 4.17's ``xl`` really does (background.md §3,
 tests/data/xl-channel-spec-cases.txt, and tests/test_xl_conformance.py,
 which runs the real ``xl -N create`` over the same inputs):
 

@@ -3,7 +3,7 @@
 Xen 4.17's xl gives channel 0 ``devid 0``, which collides with the primary
 console: libxl logs "Primary console has invalid configuration", ignores the
 error, and the guest never sees that channel (fixed upstream by e1ccced4af in
-2025; no 4.17 fix, FACTS §3).  A fixed xl leaves ``devid`` out of the parsed
+2025; no 4.17 fix, background.md §3).  A fixed xl leaves ``devid`` out of the parsed
 config.  ``xl -N create`` (a dry run that only parses and prints the config as
 JSON) shows which one is installed, without creating anything.
 """

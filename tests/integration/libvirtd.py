@@ -1,6 +1,6 @@
 """A real libvirtd with the QEMU driver, for integration tests.
 
-This is the tested recipe of FACTS.md section 6 (Debian 12, libvirt 9.0):
+This is the tested recipe of docs/background.md §6 (Debian 12, libvirt 9.0):
 the ``libvirt-qemu`` user and group must exist (the daemon looks them up
 before reading qemu.conf), ``/var/log/libvirt/qemu`` must exist, and
 qemu.conf runs QEMU as root with no security driver, cgroups, namespaces or
@@ -26,7 +26,7 @@ API (for tests under tests/integration/)::
     daemon.hooks_dir                # "/etc/libvirt/hooks" (fixed for a system daemon)
     daemon.virsh("list", "--all")   # CompletedProcess (text); check=True by default
     daemon.pid                      # the running libvirtd's pid
-    daemon.sighup()                 # re-read hooks (FACTS 1: hooks are found at start or SIGHUP)
+    daemon.sighup()                 # re-read hooks (background.md §1: hooks are found at start or SIGHUP)
     daemon.restart()                # SIGTERM, wait, start again; running domains survive
     daemon.kill9()                  # SIGKILL; domains survive; start() brings it back
     daemon.stop()                   # destroy+undefine our test domains, stop,
@@ -66,7 +66,7 @@ DOMAIN_PREFIX = "xcbtest-"
 START_TIMEOUT = 90.0
 LOCK_TIMEOUT = 900.0
 
-# FACTS.md section 6: the settings that let QEMU run in this sandbox.
+# docs/background.md §6: the settings that let QEMU run in this sandbox.
 QEMU_CONF_TEXT = """\
 # Written by tests/integration/libvirtd.py for the integration tests;
 # the original is restored when the test daemon stops.
@@ -329,7 +329,7 @@ class Libvirtd:
 
 
 def _ensure_system_account(name: str) -> None:
-    """Create the system group and user ``name`` unless they exist (FACTS 6)."""
+    """Create the system group and user ``name`` unless they exist (background.md §6)."""
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -354,7 +354,7 @@ def tcg_domain_xml(
     uuid: str | None = None,
     channels: Iterable[tuple[str, str | None]] = (("org.example.test.0", None),),
 ) -> str:
-    """A domain that starts under TCG in under a second here (FACTS 6).
+    """A domain that starts under TCG in under a second here (background.md §6).
 
     Type qemu, 64 MiB, no disk, no graphics, video none, a virtio-serial
     controller and one unix virtio channel per ``(target name, path)``

@@ -1,6 +1,6 @@
 """The broker against a REAL QEMU started by a REAL libvirtd, with our hooks installed.
 
-No Xen here, so the QEMU is the qemu driver's (FACTS 6) and the channel a
+No Xen here, so the QEMU is the qemu driver's (background.md §6) and the channel a
 virtio one; what the broker meets is the same: a ``server,nowait`` chardev
 socket that QEMU creates, serves to one client, and loses when the domain
 stops.  The registry is the one the real hooks write.  There is no guest
@@ -61,7 +61,7 @@ def daemon(host: HookHost) -> Iterator[Libvirtd]:
     server.start()
     try:
         xen_channel("install-hooks", "--hooks-dir", server.hooks_dir, "--config", host.config)
-        server.sighup()  # FACTS 1: hooks are found at start or on SIGHUP
+        server.sighup()  # background.md §1: hooks are found at start or on SIGHUP
         yield server
     finally:
         try:

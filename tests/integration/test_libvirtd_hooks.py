@@ -1,4 +1,4 @@
-"""Our hooks on a REAL libvirtd with the QEMU driver (FACTS 6), and libxl's lifecycle.
+"""Our hooks on a REAL libvirtd with the QEMU driver (background.md §6), and libxl's lifecycle.
 
 The QEMU tests install the shims with the real ``xen-channel install-hooks``
 into the real /etc/libvirt/hooks (a system libvirtd reads no other place),
@@ -74,7 +74,7 @@ def daemon(hook_host: HookHost) -> Iterator[Libvirtd]:
     try:
         xen_channel("install-hooks", "--hooks-dir", server.hooks_dir,
                     "--config", hook_host.config)
-        server.sighup()  # FACTS 1: hooks are found at start or on SIGHUP
+        server.sighup()  # background.md §1: hooks are found at start or on SIGHUP
         yield server
     finally:
         try:
@@ -301,7 +301,7 @@ def test_libxl_lifecycle_through_the_installed_shim(tmp_path: Any) -> None:
             result = run_shim(shim, "guest1", op, "begin", xml)
             assert (result.returncode, result.stdout, result.stderr) == (0, b"", b""), op
         assert os.path.isdir(os.path.dirname(path))
-        # Xen's QEMU would now bind the socket (FACTS 2); stand in for it with a real one.
+        # Xen's QEMU would now bind the socket (background.md §2); stand in for it with a real one.
         server = socket.socket(socket.AF_UNIX)
         server.bind(path)
         server.close()

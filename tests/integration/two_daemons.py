@@ -73,7 +73,7 @@ from libvirtd import QEMU_CONF_TEXT, _ensure_system_account, _which
 
 #: Parent of every harness's state directory; one subdirectory per TwoDaemons.
 STATE_PARENT = "/tmp/xcb-two-daemons"
-#: What each namespace gets privately (FACTS-style recipe above).
+#: What each namespace gets privately (the recipe above, docs/background.md §6).
 PRIVATE_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt",
                 "/var/cache/libvirt")
 #: The xen-channel settings file, as seen inside a namespace (the private /etc/libvirt).

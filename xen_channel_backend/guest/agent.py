@@ -49,7 +49,7 @@ AGENT_NAME = "xen-channel-guest"
 DEFAULT_DEVDIR = "/dev/xen-channel"
 
 #: Errors that mean the device behind the link is gone or not there yet.
-#: hvc_open() fails with ENODEV before the console is probed (FACTS §4);
+#: hvc_open() fails with ENODEV before the console is probed (background.md §4);
 #: a pty slave whose master closed reads EIO; ENOENT is a dangling link.
 DEVICE_GONE = frozenset({errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOENT, errno.EBADF})
 
@@ -198,7 +198,7 @@ def open_channel(path: str) -> int:
     terminal.  Raw mode because hvc starts in cooked mode (echo, CR/LF
     translation, ^C as a signal), which would corrupt binary framing; the
     flush drops bytes that queued before we were listening (qemu-ga does
-    the same for serial ports, FACTS §4).
+    the same for serial ports, background.md §4).
     """
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -226,7 +226,7 @@ def wait_and_open(
         try:
             fd = open_channel(link)
         except OSError as exc:
-            # Before hvc probes the console the node fails to open (FACTS §4);
+            # Before hvc probes the console the node fails to open (background.md §4);
             # udev may also relink it at any moment.  Keep trying.
             log.log(logging.DEBUG if reported else logging.INFO, "cannot open %s: %s", link, exc)
             reported = True
