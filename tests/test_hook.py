@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hook_fixtures import HookHost, channel_xml, domain_xml, host, new_uuid
 
-from xen_channel_backend import hook
+from xen_channel_backend import channelxml, hook
 from xen_channel_backend.model import Target
 from xen_channel_backend.registry import Registry
 
@@ -613,7 +613,7 @@ def test_scan_domain_reads_only_device_channels() -> None:
       </metadata>
       <devices><channel type='unix'><source mode='bind' path='/run/a/b'/><source path='/x'/>
       <target type='xen' name='n.0'/></channel></devices></domain>"""
-    scanned = hook.scan_domain(xml, [Target.XEN])
+    scanned = channelxml.scan_domain(xml, [Target.XEN])
     assert scanned.name == "d" and scanned.uuid == "1B4E28BA-2FA1-11D2-883F-0016D3CCA427"
     assert [(c.name, c.path) for c in scanned.channels] == [("n.0", "/run/a/b")]
 
@@ -637,7 +637,7 @@ def test_scan_domain_agrees_with_domxml(document: Path) -> None:
             if element.get("type") in ("unix", "pty")
             and domxml.target_type(element) in {t.value for t in targets}
         ]
-        scanned = hook.scan_domain(data, targets)
+        scanned = channelxml.scan_domain(data, targets)
         assert list(scanned.channels) == expected
         assert (scanned.name, scanned.uuid) == (
             domxml.domain_name(root), (root.findtext("uuid") or "").strip() or None

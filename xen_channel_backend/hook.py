@@ -1,39 +1,36 @@
-"""The libvirt hook: ``main(argv, stdin, stdout, stderr) -> int``.
+"""The libvirt hook: dispatch and lifecycle, ``main(argv, stdin, stdout, stderr) -> int``.
 
 libvirtd runs ``/etc/libvirt/hooks/{qemu,libxl}.d/xen-channel DOMAIN OP SUBOP
-EXTRA`` with the domain XML on stdin (background.md §1).  The shell shim (see
-install.py) answers the operations we ignore and domains without a
-``<channel`` itself; everything else arrives here as ``main([DRIVER, DOMAIN,
-OP, SUBOP, EXTRA])``.  The table :data:`HANDLERS` is the whole contract
-(docs/hooks.md):
+EXTRA`` with the domain XML on stdin (background.md §1).  The shell shim
+(install.py) answers every operation not in :data:`HANDLERS` and every
+domain without a ``<channel`` itself; the rest arrives here as
+``main([DRIVER, DOMAIN, OP, SUBOP, EXTRA])``.  :data:`HANDLERS` is the whole
+contract (docs/hooks.md):
 
 =================  ==========================================================
-prepare begin      validate and claim each unix channel path, create its
-                   directory, remove a stale socket (a live one fails);
-                   record ``preparing``
-start begin,       record the live XML (pty paths appear at started) as
-started begin      ``running``
-stopped end,       remove the stale sockets and the directories we created,
-release end        then the record; idempotent
+prepare begin      claim each unix channel path; for paths that are ours
+                   (paths.is_ours) create the directory and clear a stale
+                   socket (sockets.prepare_socket_dir); record ``preparing``
+started begin      record the live XML (generated and pty paths) as ``running``
+release end        remove our stale sockets and the directories we created
+                   (sockets.remove_domain_files), then record and claims
 reconnect begin    re-register; ALWAYS exit 0 (a failure kills the domain)
-migrate begin,     print the XML with our channel paths re-allocated for this
-restore begin      host, or nothing when nothing changes
+migrate begin,     print the XML with the paths we allocated re-allocated for
+restore begin      this host, or nothing when nothing changes
 =================  ==========================================================
 
-With the qemu driver a ``<source mode='connect'>`` channel is never ours:
-QEMU is its client, so it is not claimed, touched or re-allocated.
+What libvirt does with the exit status (background.md §1): non-zero at
+prepare or started aborts the start and libvirt shows our one stderr line;
+at release it is ignored; at reconnect it kills the running domain.  The
+hook never calls libvirt (libvirtd waits for us synchronously: a call back
+would deadlock) and prints nothing but XML on stdout.
 
-What libvirt does with the exit status (background.md §1): non-zero at prepare, start
-or started aborts the start and libvirt shows our one stderr line; at stopped
-and release it is ignored; at reconnect it kills the running domain.  The hook
-never calls libvirt (libvirtd waits for us synchronously: a call back would
-deadlock) and prints nothing but XML on stdout.
-
-Start-up cost matters: libvirtd runs every hook synchronously.  This module
-imports only the standard library at import time; the read-only operations
-read the XML with expat (:func:`scan_domain`, ~1 ms to import) instead of
-lxml (35-50 ms here, background.md §1); only migrate and restore, which must rewrite
-the document losslessly, load lxml through domxml.
+What lives elsewhere: reading the XML (channelxml, a lean expat reader;
+domxml with lxml only for migrate and restore, which rewrite it), "is this
+path ours" (paths), the filesystem (sockets) and the records (registry).
+Start-up cost matters, since libvirtd runs every hook synchronously: this
+module and what it imports load only cheap standard-library modules
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -42,15 +39,13 @@ import os
 import sys
 
 from .errors import (
-    PathNotAllowed,
     SettingsError,
     UnsupportedChannel,
     XenChannelError,
     XmlInputError,
     shown,
 )
-from .model import Channel, Connection, Frozen, Target
-from .translate import connection_from_xml
+from .model import Connection, Target
 
 # Not typing.TYPE_CHECKING: importing typing costs every hook call (mypy
 # treats a module-level TYPE_CHECKING = False the same way).
@@ -61,6 +56,7 @@ if TYPE_CHECKING:
 
     Handler = Callable[["HookCall"], int]
 
+    from .channelxml import ScannedDomain
     from .registry import ChannelRecord, DomainRecord, Registry
     from .settings import Settings
 
@@ -78,130 +74,6 @@ MANAGED_TARGETS: Mapping[str, tuple[Target, ...]] = {
 #: virsh refuses domain XML over 10 MiB; libvirtd never sends more.  (The same
 #: limit as domxml.MAX_DOMAIN_XML, restated so the hook need not import domxml.)
 MAX_XML_BYTES = 10 * 1024 * 1024
-SOCKET_DIR_MODE = 0o750
-
-
-# --- reading the domain XML -----------------------------------------------------
-
-
-class ScannedDomain(Frozen):
-    """What the read-only operations need from the domain XML."""
-
-    __slots__ = ("channels", "name", "uuid")
-    name: str | None
-    uuid: str | None
-    channels: tuple[Channel, ...]
-
-    def __init__(self, name: str | None, uuid: str | None, channels: tuple[Channel, ...]) -> None:
-        self._set(name=name, uuid=uuid, channels=tuple(channels))
-
-
-def scan_domain(
-    data: bytes, targets: Sequence[Target], source: str = "<stdin>", *,
-    skip_connect_mode: bool = False,
-) -> ScannedDomain:
-    """Read name, UUID and the unix/pty channels of ``targets`` from domain XML.
-
-    A lean read-only pass with expat, for the hook's hot path; domxml (lxml)
-    remains the module that edits XML.  Same safety rules as
-    domxml.parse_domain: DOCTYPE/ENTITY declarations are refused (libvirt
-    never emits them), and every channel becomes a validated
-    :class:`~xen_channel_backend.model.Channel`.  With ``skip_connect_mode``
-    (the qemu driver) a unix channel whose source is in connect mode is left
-    out: QEMU is then the client, and the socket belongs to whoever listens.
-    """
-    import xml.parsers.expat
-
-    if len(data) > MAX_XML_BYTES:
-        raise XmlInputError(source, f"document is {len(data)} bytes, over the 10 MiB limit")
-    wanted = {t.value for t in targets}
-    stack: list[str] = []
-    text: dict[str, list[str]] = {"name": [], "uuid": []}
-    found: list[_RawChannel] = []
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        stack.append(tag)
-        depth = len(stack)
-        if depth == 1 and tag != "domain":
-            raise XmlInputError(source, f"root element is <{tag}>, expected <domain>")
-        if depth == 3 and tag == "channel" and stack[1] == "devices":
-            found.append(_RawChannel(attrs.get("type")))
-        elif depth == 4 and stack[1:3] == ["devices", "channel"]:
-            found[-1].child(tag, attrs)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def chars(data: str) -> None:
-        if len(stack) == 2 and stack[1] in text:
-            text[stack[1]].append(data)
-
-    def refuse(*_args: object) -> None:
-        raise XmlInputError(source, "DOCTYPE/ENTITY declarations are not allowed in domain XML")
-
-    parser = xml.parsers.expat.ParserCreate()
-    # Expat itself refuses them, whatever the document's encoding: a byte
-    # search for "<!DOCTYPE" misses a UTF-16 document, whose entities would
-    # then be expanded into channel names and paths.
-    parser.SetParamEntityParsing(xml.parsers.expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartDoctypeDeclHandler = refuse
-    parser.EntityDeclHandler = refuse
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    try:
-        parser.Parse(data, True)
-    except xml.parsers.expat.ExpatError as exc:
-        raise XmlInputError(
-            source, f"malformed XML: {xml.parsers.expat.ErrorString(exc.code)}", exc.lineno
-        ) from None
-    channels = []
-    for raw in found:
-        connection = connection_from_xml(raw.source_type or "")
-        if connection is None or raw.target is None or raw.target not in wanted:
-            continue
-        if skip_connect_mode and connection is Connection.SOCKET and raw.connects:
-            continue
-        channels.append(Channel(name=raw.name, connection=connection, path=raw.path or None,
-                                target=Target(raw.target)))
-    name = "".join(text["name"]).strip() or None
-    uuid = "".join(text["uuid"]).strip() or None
-    return ScannedDomain(name=name, uuid=uuid, channels=tuple(channels))
-
-
-class _RawChannel:
-    """One ``<channel>`` as expat saw it, before validation."""
-
-    def __init__(self, source_type: str | None) -> None:
-        self.source_type = source_type
-        self.path: str | None = None
-        self.mode: str | None = None
-        self.target: str | None = None
-        self.name: str | None = None
-        self._seen: set[str] = set()
-
-    def child(self, tag: str, attrs: dict[str, str]) -> None:
-        # Like ElementTree's find() in domxml: the first <source>/<target> counts.
-        if tag in self._seen or tag not in ("source", "target"):
-            return
-        self._seen.add(tag)
-        if tag == "source":
-            self.path = attrs.get("path")
-            self.mode = attrs.get("mode")
-        else:
-            self.target = attrs.get("type")
-            self.name = attrs.get("name")
-
-    @property
-    def connects(self) -> bool:
-        """QEMU connects to the path rather than listening on it.
-
-        libvirt reads a unix source without ``mode`` as connect mode (tested:
-        ``virsh define`` on test:///default formats it back as
-        ``mode='connect'``), and always writes the mode out when there is a
-        path.  A channel without a path gets a generated one in bind mode.
-        """
-        return self.path is not None and self.mode in (None, "connect")
 
 
 # --- one hook call ----------------------------------------------------------------
@@ -245,6 +117,8 @@ class HookCall:
         return Registry(self.settings().rundir)
 
     def scan(self) -> ScannedDomain:
+        from .channelxml import scan_domain
+
         # libxl ignores the mode: Xen's QEMU always listens (background.md §2).
         return scan_domain(self.data, self.targets, skip_connect_mode=self.driver == "qemu")
 
@@ -282,6 +156,7 @@ def prepare(call: HookCall) -> int:
     """
     from .paths import is_ours
     from .registry import PREPARING, ChannelRecord
+    from .sockets import group_id, prepare_socket_dir
 
     domain = call.scan()
     uuid, name = call.identity(domain)
@@ -299,10 +174,10 @@ def prepare(call: HookCall) -> int:
         registry.claim_paths(
             _record(call, uuid, name, PREPARING,
                     [ChannelRecord.from_channel(c) for c in domain.channels]))
-        gid = _group_id(settings)
+        gid = group_id(settings)
         made_dirs: set[str] = set()
         for channel in ours:
-            made_dirs.update(_prepare_socket_dir(settings, uuid, channel, gid, created))
+            made_dirs.update(prepare_socket_dir(settings, uuid, channel, gid, created))
         channels = [
             ChannelRecord.from_channel(
                 c, created_dir=c in ours and os.path.dirname(c.path or "") in made_dirs)
@@ -336,63 +211,6 @@ def check_channel_count(count: int, who: str) -> None:
     if count > MAX_CHANNELS:
         raise UnsupportedChannel(
             None, f"{who} has {count} channels, over the limit of {MAX_CHANNELS} per domain")
-
-
-def _group_id(settings: Settings) -> int | None:
-    if settings.group is None:
-        return None
-    if settings.group.isdigit():
-        return int(settings.group)
-    import grp
-
-    try:
-        return grp.getgrnam(settings.group).gr_gid
-    except KeyError:
-        raise SettingsError("group", f"group {shown(settings.group)} does not exist") from None
-
-
-def _prepare_socket_dir(
-    settings: Settings, uuid: str, channel: Channel, gid: int | None, created: list[str]
-) -> set[str]:
-    """Create the socket's directory (no symlinks) and clear a stale socket.
-
-    Returns the directories that count as ours for release: those created
-    now, and the domain's own directory under the run directory (named by its
-    UUID, it belongs to no one else, so a leftover from a crash is ours too).
-    """
-    from .paths import domain_socket_dir, make_dirs_nofollow, root_of
-
-    assert channel.path is not None
-    directory = os.path.dirname(channel.path)
-    root = root_of(settings, channel.path)
-    # Below our own run directory every directory must be ours (owner, mode);
-    # another allowed root (libvirt's channel directories) keeps its layout.
-    made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid,
-                              trust_existing=root != settings.rundir)
-    created.extend(made)
-    ours = set(made)
-    if directory == domain_socket_dir(settings, uuid):
-        ours.add(directory)
-    _clear_stale_socket(channel.label, channel.path, root)
-    return ours & {directory}
-
-
-def _clear_stale_socket(label: str, path: str, root: str) -> None:
-    """Unlink a stale socket at ``path``; anything else there fails the prepare.
-
-    QEMU unlinks whatever sits at its path before binding (background.md §2), so a
-    regular file, a directory, a symlink or a socket somebody still listens
-    on (another domain's QEMU, any other server) must stop the start here.
-    """
-    from .sockets import Occupied, remove_stale
-
-    try:
-        remove_stale(path, root=root)
-    except Occupied as exc:
-        reason = exc.reason
-        if exc.kind == Occupied.OTHER:
-            reason += "; only a stale socket would be removed there"
-        raise PathNotAllowed(label, path, reason) from None
 
 
 # --- start / started / reconnect ----------------------------------------------------
@@ -436,7 +254,7 @@ def start(call: HookCall) -> int:
 
 
 def reconnect(call: HookCall) -> int:
-    """Re-register after a daemon restart; never fails (background.md §1: it would kill the domain)."""
+    """Re-register after a daemon restart; never fails (that would kill the domain)."""
     try:
         _register_running(call, lenient=True)
     except XenChannelError as exc:
@@ -477,15 +295,17 @@ def release(call: HookCall) -> int:
 def reallocate(call: HookCall) -> int:
     """Print the XML with our channel paths re-allocated here, or nothing if unchanged.
 
-    A path is ours when its directory is named by the domain's UUID, which is
-    how paths.socket_path lays them out on every host whatever its run
-    directory; other paths (typed by hand, or libvirt's) pass unchanged and
-    are not even validated: a migration must never fail on a channel we do
-    not manage (libvirt's own paths may hold ``=`` or ``,``).  For the qemu
+    A path is ours when we allocated it (paths.is_allocated: its directory
+    is named by the domain's UUID, as paths.socket_path lays them out on
+    every host whatever its run directory); other paths (typed by hand, or
+    libvirt's) pass unchanged and are not even validated: a migration must
+    never fail on a channel we do not manage (libvirt's own paths may hold
+    ``=`` or ``,``).  For the qemu
     driver a connect-mode channel is never ours (see scan_domain).
     """
     from . import domxml
-    from .paths import canonical_uuid, socket_path
+    from .channelxml import connects
+    from .paths import canonical_uuid, is_allocated, socket_path
 
     tree = domxml.parse_domain(call.data, "<stdin>")
     root = tree.getroot()
@@ -496,15 +316,13 @@ def reallocate(call: HookCall) -> int:
     wanted = {t.value for t in call.targets}
     changed = False
     for element in domxml.channel_elements(root):
-        if element.get("type") != "unix" or domxml.target_type(element) not in wanted:
+        values = domxml.channel_values(element)
+        path = values["path"]
+        if values["connection"] != "unix" or values["target"] not in wanted or not path:
             continue
-        source = element.find("source")
-        raw_path = source.get("path") if source is not None else None
-        if source is None or raw_path is None:
+        if call.driver == "qemu" and connects(values):
             continue
-        if call.driver == "qemu" and source.get("mode") in (None, "connect"):
-            continue
-        if os.path.basename(os.path.dirname(raw_path)).lower() != uuid:
+        if not is_allocated(uuid, path):
             continue
         channel = domxml.channel_from_element(element)  # ours: validated from here on
         if channel.path is None or channel.name is None:
@@ -531,7 +349,7 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     """
     from . import metadata
     from .errors import InvalidMetadata
-    from .paths import socket_path
+    from .paths import is_allocated, socket_path
 
     try:
         current = metadata.find_domain_metadata(root)
@@ -543,7 +361,7 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     channels = []
     for channel in current.channels:
         if (channel.connection is Connection.SOCKET and channel.path and channel.name
-                and os.path.basename(os.path.dirname(channel.path)).lower() == uuid):
+                and is_allocated(uuid, channel.path)):
             channel = channel.with_path(socket_path(call.settings(), uuid, channel.name))
         channels.append(channel)
     if tuple(channels) == current.channels:

@@ -219,6 +219,17 @@ def is_ours(settings: Settings, uuid: str, channel_name: str | None, path: str) 
     return is_within(path, settings.allowed_roots, strict=True)
 
 
+def is_allocated(uuid: str, path: str) -> bool:
+    """Whether ``path`` is one we allocated for domain ``uuid``, on any host.
+
+    :func:`socket_path` puts every allocated socket in a directory named by
+    the domain's UUID, whatever the host's run directory is called; that is
+    how migrate and restore recognise the paths to re-allocate for the
+    destination (where :func:`is_ours` would judge by this host's roots).
+    """
+    return os.path.basename(os.path.dirname(path)).lower() == canonical_uuid(uuid)
+
+
 def root_of(settings: Settings, path: str) -> str:
     """The innermost allowed root strictly containing ``path`` (which must be ours)."""
     roots = [r for r in settings.allowed_roots if is_within(path, (r,), strict=True)]

@@ -19,17 +19,20 @@ import os
 import stat
 
 from .atomic import unlink_if_present
-from .errors import XenChannelError
+from .errors import XenChannelError, shown
 
 # Not typing.TYPE_CHECKING: importing typing costs every hook call.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .model import Channel
     from .registry import DomainRecord, Registry
     from .settings import Settings
 
 ABSENT = "absent"
+#: A socket directory we create: root and the configured group only.
+SOCKET_DIR_MODE = 0o750
 STALE = "stale"
 
 #: connect() results that prove a listener: accepted into the backlog (0), a
@@ -191,7 +194,6 @@ def remove_domain_files(
     reported through ``warn``.  Never follows a symlink.  Returns what was
     removed.  The caller removes the record (and with it the claims).
     """
-    from .errors import XenChannelError, shown
     from .model import Connection
     from .paths import broker_socket_for, domain_socket_dir, is_within, root_of
 
@@ -235,8 +237,6 @@ def remove_domain_files(
 def _remove_reporting(
     path: str, root: str, label: str, warn: Callable[[str], None], *, even_live: bool = False
 ) -> bool:
-    from .errors import shown
-
     try:
         return remove_stale(path, even_live=even_live, root=root)
     except Occupied as exc:
@@ -250,8 +250,6 @@ def _rmdir_reporting(
     directory: str, root: str, label: str, warn: Callable[[str], None]
 ) -> bool:
     """Remove an empty ``directory`` through its parent, reached from ``root`` without symlinks."""
-    from .errors import shown
-
     if os.path.normpath(directory) == os.path.normpath(root):
         return False  # an allowed root itself is configuration, never ours to remove
     leaf = os.path.basename(directory)
@@ -281,3 +279,65 @@ def _rmdir_reporting(
         return True
     finally:
         os.close(parent)
+
+
+# --- prepare: the socket's directory -------------------------------------------
+
+
+def group_id(settings: Settings) -> int | None:
+    if settings.group is None:
+        return None
+    if settings.group.isdigit():
+        return int(settings.group)
+    import grp
+
+    try:
+        return grp.getgrnam(settings.group).gr_gid
+    except KeyError:
+        from .errors import SettingsError
+
+        raise SettingsError("group", f"group {shown(settings.group)} does not exist") from None
+
+
+def prepare_socket_dir(
+    settings: Settings, uuid: str, channel: Channel, gid: int | None, created: list[str]
+) -> set[str]:
+    """Create the socket's directory (no symlinks) and clear a stale socket.
+
+    Returns the directories that count as ours for release: those created
+    now, and the domain's own directory under the run directory (named by its
+    UUID, it belongs to no one else, so a leftover from a crash is ours too).
+    """
+    from .paths import domain_socket_dir, make_dirs_nofollow, root_of
+
+    assert channel.path is not None
+    directory = os.path.dirname(channel.path)
+    root = root_of(settings, channel.path)
+    # Below our own run directory every directory must be ours (owner, mode);
+    # another allowed root (libvirt's channel directories) keeps its layout.
+    made = make_dirs_nofollow(directory, root, mode=SOCKET_DIR_MODE, gid=gid,
+                              trust_existing=root != settings.rundir)
+    created.extend(made)
+    ours = set(made)
+    if directory == domain_socket_dir(settings, uuid):
+        ours.add(directory)
+    clear_stale_socket(channel.label, channel.path, root)
+    return ours & {directory}
+
+
+def clear_stale_socket(label: str, path: str, root: str) -> None:
+    """Unlink a stale socket at ``path``; anything else there fails the prepare.
+
+    QEMU unlinks whatever sits at its path before binding (background.md §2), so a
+    regular file, a directory, a symlink or a socket somebody still listens
+    on (another domain's QEMU, any other server) must stop the start here.
+    """
+    try:
+        remove_stale(path, root=root)
+    except Occupied as exc:
+        reason = exc.reason
+        if exc.kind == Occupied.OTHER:
+            reason += "; only a stale socket would be removed there"
+        from .errors import PathNotAllowed
+
+        raise PathNotAllowed(label, path, reason) from None
