@@ -677,3 +677,28 @@ def test_utf16_doctype_is_refused_by_the_parser(host: HookHost, op: str) -> None
     assert code == (0 if op == "reconnect" else 1)  # reconnect must never kill the domain
     assert record(host, uuid) is None
     assert not os.path.exists(host.domain_dir(uuid))
+
+
+def test_migrate_between_hosts_with_one_run_directory_never_loads_lxml(host: HookHost) -> None:
+    """The common case (every host has the same run directory): nothing to
+    re-allocate, no output, and lxml (tens of ms) is never imported."""
+    import subprocess
+    import sys
+
+    uuid = new_uuid()
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0"),
+        channel_xml("unix", "xen", "org.b.0", f"{host.domain_dir(uuid)}/custom-leaf"),
+    ])
+    script = (
+        "import sys, io\n"
+        "from xen_channel_backend.hook import main\n"
+        "code = main(['libxl', 'vm1', 'migrate', 'begin', '-'])\n"
+        "print(code, 'lxml' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n" + script],
+        input=xml, capture_output=True, env={**host.environ, "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert done.stdout == b"" and done.stderr == b"0 False\n"

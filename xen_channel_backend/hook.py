@@ -297,22 +297,31 @@ def reallocate(call: HookCall) -> int:
 
     A path is ours when we allocated it (paths.is_allocated: its directory
     is named by the domain's UUID, as paths.socket_path lays them out on
-    every host whatever its run directory); other paths (typed by hand, or
+    every host whatever its run directory) and it is not already in this
+    host's directory for the domain; other paths (typed by hand, or
     libvirt's) pass unchanged and are not even validated: a migration must
     never fail on a channel we do not manage (libvirt's own paths may hold
-    ``=`` or ``,``).  For the qemu
-    driver a connect-mode channel is never ours (see scan_domain).
+    ``=`` or ``,``).  For the qemu driver a connect-mode channel is never
+    ours (channelxml.connects).
     """
-    from . import domxml
-    from .channelxml import connects
-    from .paths import canonical_uuid, is_allocated, socket_path
+    from .channelxml import connects, scan_domain
+    from .paths import canonical_uuid, domain_socket_dir, is_allocated, socket_path
 
-    tree = domxml.parse_domain(call.data, "<stdin>")
-    root = tree.getroot()
-    raw_uuid = domxml.domain_uuid(root)
+    raw_uuid = scan_domain(call.data, ()).uuid  # expat: well-formed, no DOCTYPE
     if raw_uuid is None:
         return 0
     uuid = canonical_uuid(raw_uuid)
+    here = domain_socket_dir(call.settings(), uuid) + "/"
+    if call.data.count(f"/{uuid}/".encode()) == call.data.count(here.encode()):
+        # Every path we allocated is already in this host's directory for the
+        # domain (the common case: hosts share one run directory), so nothing
+        # changes and lxml (~40 ms) need not load.
+        return 0
+
+    from . import domxml
+
+    tree = domxml.parse_domain(call.data, "<stdin>")
+    root = tree.getroot()
     wanted = {t.value for t in call.targets}
     changed = False
     for element in domxml.channel_elements(root):
@@ -322,7 +331,7 @@ def reallocate(call: HookCall) -> int:
             continue
         if call.driver == "qemu" and connects(values):
             continue
-        if not is_allocated(uuid, path):
+        if not is_allocated(uuid, path) or path.startswith(here):
             continue
         channel = domxml.channel_from_element(element)  # ours: validated from here on
         if channel.path is None or channel.name is None:
@@ -349,7 +358,7 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     """
     from . import metadata
     from .errors import InvalidMetadata
-    from .paths import is_allocated, socket_path
+    from .paths import domain_socket_dir, is_allocated, socket_path
 
     try:
         current = metadata.find_domain_metadata(root)
@@ -361,7 +370,8 @@ def _reallocate_metadata(call: HookCall, root: Any, uuid: str) -> bool:
     channels = []
     for channel in current.channels:
         if (channel.connection is Connection.SOCKET and channel.path and channel.name
-                and is_allocated(uuid, channel.path)):
+                and is_allocated(uuid, channel.path)
+                and not channel.path.startswith(domain_socket_dir(call.settings(), uuid) + "/")):
             channel = channel.with_path(socket_path(call.settings(), uuid, channel.name))
         channels.append(channel)
     if tuple(channels) == current.channels:
