@@ -184,6 +184,10 @@ def prepare(call: HookCall) -> int:
             for c in domain.channels
         ]
         registry.put(_record(call, uuid, name, PREPARING, channels))
+        # started has nothing to add when every channel is a socket whose
+        # path is already in the definition (no pty, nothing libvirt fills in).
+        registry.mark_settled(uuid, all(
+            c.connection is Connection.SOCKET and c.path for c in domain.channels))
     except BaseException:
         # Undo exactly this call: its directories, and its claims (back to
         # what the domain held before, or none).  remove() only unlinks, so

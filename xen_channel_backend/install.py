@@ -71,6 +71,23 @@ case $xml in
 *) exit 0 ;;
 esac
 
+# started has nothing to add for a domain prepare marked settled (all its
+# channels sockets with their paths in the definition): record that it
+# started with a shell redirection, not Python (registry.mark_settled).
+if [ "$2 $3" = "started begin" ]; then
+    uuid=${xml#*<uuid>}
+    uuid=${uuid%%</uuid>*}
+    case $uuid in
+    "" | *[!0-9a-f-]*) ;;
+    *)
+        if [ -e "$rundir/registry/settled/$uuid" ]; then
+            true >"$rundir/registry/started/$uuid" 2>/dev/null
+            exit 0
+        fi
+        ;;
+    esac
+fi
+
 # Plainly ours: it carries our metadata, or a channel under our run
 # directory.  A broken installation never stops any other domain.
 ours=no

@@ -223,6 +223,8 @@ class Registry:
         self._owned_dir = os.path.join(self.base, "owned")
         self._claims_dir = os.path.join(self.base, "claims")
         self._names_dir = os.path.join(self.base, "names")
+        self._settled_dir = os.path.join(self.base, "settled")
+        self._started_dir = os.path.join(self.base, "started")
         self._ready = False
 
     # --- reading (no locks: every file is replaced atomically) ---------------
@@ -343,9 +345,36 @@ class Registry:
             self._release_locked(uuid)
             old = self._read_record(uuid)
             unlink_if_present(self._record_path(uuid))
+            self._unmark(uuid)
             if old is not None:
                 self._unindex(old.name, uuid)
             fsync_directory(self.records_dir)
+
+    def mark_settled(self, uuid: str, settled: bool) -> None:
+        """Say whether the ``started`` hook has anything to add to this record.
+
+        A domain whose channels are all unix sockets with their paths in the
+        definition looks the same at ``started`` as at ``prepare``: only its
+        state changes.  For it prepare leaves ``settled/<uuid>``, and the
+        shim answers ``started`` without Python by creating
+        ``started/<uuid>`` (a shell redirection); a ``preparing`` record
+        with that marker reads as ``running``.  Any earlier ``started``
+        marker (a crash) goes first, so a new start is never read as running
+        before libvirt calls started.
+        """
+        uuid = canonical_uuid(uuid)
+        self._ensure_dirs()
+        unlink_if_present(os.path.join(self._started_dir, uuid))
+        marker = os.path.join(self._settled_dir, uuid)
+        if not settled:
+            unlink_if_present(marker)
+            return
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+
+    def _unmark(self, uuid: str) -> None:
+        for directory in (self._settled_dir, self._started_dir):
+            unlink_if_present(os.path.join(directory, uuid))
 
     def claim_paths(self, record: DomainRecord) -> builtins.list[str]:
         """Make this domain's claims exactly ``record.socket_paths()``.
@@ -474,6 +503,7 @@ class Registry:
         # directory itself was checked just above.
         for directory in (
             self.records_dir, self._locks_dir, self._owned_dir, self._claims_dir, self._names_dir,
+            self._settled_dir, self._started_dir,
         ):
             make_dirs_nofollow(directory, self.rundir, mode=0o755)
         self._ready = True
@@ -496,6 +526,9 @@ class Registry:
             raise RegistryError(path, f"corrupt record: {exc.message()}") from None
         if record.uuid != uuid:
             raise RegistryError(path, f"record holds UUID {record.uuid}, not {uuid}")
+        if record.state is DomainState.PREPARING and os.path.lexists(
+                os.path.join(self._started_dir, uuid)):
+            record = record.replace(state=DomainState.RUNNING)
         return record
 
     def _read_small(self, path: str) -> bytes | None:

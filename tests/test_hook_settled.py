@@ -1,0 +1,92 @@
+"""started without Python: a domain whose channels are all sockets with their
+paths is marked settled at prepare, and the shim records its start with a
+shell redirection.  The shims run under real sh with libvirt's environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hook_fixtures import HookHost, channel_xml, domain_xml, host, install_shims, new_uuid, run_shim
+
+from xen_channel_backend import install
+from xen_channel_backend.model import DomainState
+from xen_channel_backend.registry import Registry
+
+__all__ = ["host"]
+
+
+@pytest.fixture
+def shim(host: HookHost) -> Iterator[str]:
+    hooks = os.path.join(host.base, "hooks")
+    os.mkdir(hooks)
+    install_shims(hooks, host.config)
+    yield install.shim_paths(hooks)["libxl"]
+    shutil.rmtree(hooks, ignore_errors=True)
+
+
+def settled(host: HookHost, uuid: str) -> bool:
+    return os.path.exists(f"{host.rundir}/registry/settled/{uuid}")
+
+
+def test_a_settled_domain_starts_without_python(host: HookHost, shim: str) -> None:
+    uuid = new_uuid()
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0")])
+    assert run_shim(shim, "vm1", "prepare", "begin", xml).returncode == 0
+    assert settled(host, uuid)
+    registry = Registry(host.rundir)
+    assert registry.by_uuid(uuid).state is DomainState.PREPARING  # type: ignore[union-attr]
+    # Prove started never reaches Python: point the shim at no interpreter.
+    text = Path(shim).read_text()
+    Path(shim).write_text(text.replace("python='", "python='/nonexistent"))
+    done = run_shim(shim, "vm1", "started", "begin", xml)
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert registry.by_uuid(uuid).state is DomainState.RUNNING  # type: ignore[union-attr]
+    assert [r.state for r in registry.list()] == [DomainState.RUNNING]
+    Path(shim).write_text(text)
+    assert run_shim(shim, "vm1", "release", "end", xml).returncode == 0
+    assert registry.by_uuid(uuid) is None and not settled(host, uuid)
+    assert os.listdir(f"{host.rundir}/registry/started") == []
+
+
+def test_a_new_start_is_not_read_as_running_before_started(host: HookHost, shim: str) -> None:
+    """A started marker left by a crash must not make the next prepare look running."""
+    uuid = new_uuid()
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0")])
+    assert run_shim(shim, "vm1", "prepare", "begin", xml).returncode == 0
+    assert run_shim(shim, "vm1", "started", "begin", xml).returncode == 0
+    assert run_shim(shim, "vm1", "prepare", "begin", xml).returncode == 0  # no release: a crash
+    assert Registry(host.rundir).by_uuid(uuid).state is DomainState.PREPARING  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("extra", [
+    channel_xml("pty", "xen", "org.p.0"),  # its path appears only at started
+    channel_xml("unix", "xen", "org.n.0"),  # libvirt fills the path
+])
+def test_a_domain_started_adds_to_is_not_settled(host: HookHost, shim: str, extra: str) -> None:
+    uuid = new_uuid()
+    xml = domain_xml("vm1", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0"), extra])
+    assert run_shim(shim, "vm1", "prepare", "begin", xml).returncode == 0
+    assert not settled(host, uuid)
+    live = xml.replace(b"<channel type='pty'>", b"<channel type='pty'><source path='/dev/pts/9'/>")
+    assert run_shim(shim, "vm1", "started", "begin", live).returncode == 0
+    record = Registry(host.rundir).by_uuid(uuid)
+    assert record is not None and record.state is DomainState.RUNNING
+    if b"pty" in xml:
+        assert "/dev/pts/9" in [c.path for c in record.channels]
+
+
+@pytest.mark.parametrize("uuid_text", ["../../../tmp/evil", "", "ABC$(touch /tmp/x)"])
+def test_a_hostile_uuid_never_names_a_marker(host: HookHost, shim: str, uuid_text: str) -> None:
+    xml = domain_xml("vm1", None, [channel_xml("pty", "xen", "org.p.0")]).replace(
+        b"<devices>", f"<uuid>{uuid_text}</uuid><devices>".encode())
+    run_shim(shim, "vm1", "started", "begin", xml)
+    started = f"{host.rundir}/registry/started"
+    assert not os.path.isdir(started) or os.listdir(started) == []
+    assert not os.path.exists("/tmp/evil") and not os.path.exists("/tmp/x")
