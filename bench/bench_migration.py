@@ -13,6 +13,11 @@ docs/testing.md).  Each round measures, alternating which goes first:
   channels at the paths libvirt generates itself
   (/var/lib/libvirt/qemu/channel/target/...), as a host without us runs it.
 
+``--run-directories shared`` (the default) gives both hosts the same run
+directory path, as a fleet normally has (each still private to its own
+namespace): the destination's migrate hook then finds nothing to re-allocate.
+``distinct`` gives each host its own, so every migration rewrites the paths.
+
 Each domain migrates A to B and back B to A in each round, so each round
 gives two samples of each.  The figure is the ratio of the medians.  The
 destination runs migrate, prepare, start and started before the source sends
@@ -39,6 +44,8 @@ from two_daemons import Daemon, TwoDaemons, skip_reason  # noqa: E402
 
 GOAL = 1.15
 CHANNELS = ("org.example.bench.0", "org.example.bench.1")
+#: Inside each daemon's private /run/libvirt, so one path on both hosts.
+SHARED_RUNDIR = "/run/libvirt/xen-channel"
 
 
 def timed_migrate(pair: TwoDaemons, name: str, source: Daemon, destination: Daemon) -> float:
@@ -73,6 +80,8 @@ def set_hooks(pair: TwoDaemons, installed: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds (each: 2 samples of each)")
+    parser.add_argument("--run-directories", choices=("shared", "distinct"), default="shared",
+                        help="the same run directory path on both hosts, or one each")
     args = parser.parse_args()
     reason = skip_reason()
     if reason is not None:
@@ -80,6 +89,10 @@ def main() -> int:
         return 0
     samples: dict[str, list[float]] = {"hooks": [], "baseline": []}
     with TwoDaemons() as pair, tempfile.TemporaryDirectory() as work:
+        if args.run_directories == "shared":
+            for daemon in (pair.a, pair.b):
+                daemon.rundir = SHARED_RUNDIR
+                daemon.write_config(SHARED_RUNDIR)
         set_hooks(pair, True)
         hooked = define(pair.a, work, "hooked", fill=True)
         set_hooks(pair, False)
@@ -103,7 +116,7 @@ def main() -> int:
     baseline = statistics.median(samples["baseline"])
     ratio = hooks / baseline
     print(f"migration benchmark ({args.rounds} rounds x 2 directions, medians; "
-          f"{os.cpu_count()} CPUs)")
+          f"{os.cpu_count()} CPUs; {args.run_directories} run directories)")
     print(f"  baseline: virsh -c {uri_a} migrate --live DOM {uri_b} "
           "--migrateuri tcp:127.0.0.1:PORT --listen-address 127.0.0.1")
     print("            (and back), no hooks installed, 2 virtio channels at libvirt's own paths")

@@ -90,3 +90,26 @@ def test_a_hostile_uuid_never_names_a_marker(host: HookHost, shim: str, uuid_tex
     started = f"{host.rundir}/registry/started"
     assert not os.path.isdir(started) or os.listdir(started) == []
     assert not os.path.exists("/tmp/evil") and not os.path.exists("/tmp/x")
+
+
+@pytest.mark.parametrize("op", ["migrate", "restore"])
+def test_migrate_with_nothing_to_reallocate_never_starts_python(
+    host: HookHost, tmp_path: Path, op: str
+) -> None:
+    uuid = new_uuid()
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho ran >&2\nexit 3\n')
+    python.chmod(0o755)
+    shim = tmp_path / "xen-channel"
+    shim.write_text(install.render_shim("qemu", str(python), rundir=host.rundir))
+    shim.chmod(0o755)
+    here = domain_xml("vm1", uuid, [
+        channel_xml("unix", "virtio", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0"),
+        channel_xml("unix", "virtio", "org.b.0", f"{host.domain_dir(uuid)}/org.b.0"),
+    ])
+    done = run_shim(str(shim), "vm1", op, "begin", here)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    elsewhere = here.replace(f"{host.rundir}/{uuid}/org.b.0".encode(),
+                             f"/run/other-host/{uuid}/org.b.0".encode())
+    done = run_shim(str(shim), "vm1", op, "begin", elsewhere)
+    assert (done.returncode, done.stderr) == (3, b"ran\n")  # Python re-allocates that one

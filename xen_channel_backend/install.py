@@ -71,19 +71,40 @@ case $xml in
 *) exit 0 ;;
 esac
 
-# started has nothing to add for a domain prepare marked settled (all its
-# channels sockets with their paths in the definition): record that it
-# started with a shell redirection, not Python (registry.mark_settled).
-if [ "$2 $3" = "started begin" ]; then
-    uuid=${xml#*<uuid>}
-    uuid=${uuid%%</uuid>*}
-    case $uuid in
-    "" | *[!0-9a-f-]*) ;;
-    *)
+# Two answers that need no Python, keyed on the domain's UUID (libvirt
+# writes it in lower case; anything else goes to Python):
+uuid=${xml#*<uuid>}
+uuid=${uuid%%</uuid>*}
+case $uuid in
+"" | *[!0-9a-f-]*) uuid= ;;
+esac
+if [ -n "$uuid" ]; then
+    case "$2 $3" in
+    "started begin")
+        # Nothing to add for a domain prepare marked settled (all its
+        # channels sockets with their paths in the definition): record the
+        # start with a shell redirection (registry.mark_settled).
         if [ -e "$rundir/registry/settled/$uuid" ]; then
             true >"$rundir/registry/started/$uuid" 2>/dev/null
             exit 0
         fi
+        ;;
+    "migrate begin" | "restore begin")
+        # Nothing to re-allocate when every path we allocated (in a
+        # directory named by the UUID) is already in this host's directory
+        # for the domain: the usual fleet, one run directory everywhere.
+        here="$rundir/$uuid/"
+        rest=$xml
+        while :; do
+            case $rest in
+            *"$here"*) rest=${rest%%"$here"*}${rest#*"$here"} ;;
+            *) break ;;
+            esac
+        done
+        case $rest in
+        *"/$uuid/"*) ;;
+        *) exit 0 ;;
+        esac
         ;;
     esac
 fi
@@ -304,8 +325,8 @@ def run_install_hooks(args: argparse.Namespace, streams: Streams) -> int:
         print(f"{action}: {path}", file=streams.stdout)
     if any(action not in ("unchanged", "absent") for _, action in results):
         print(
-            "xen-channel: note: libvirtd reads its hooks only at start: run "
-            "'systemctl reload libvirtd' (or send SIGHUP to libvirtd) to apply this",
+            "xen-channel: note: libvirtd reads its hooks only at start or reload: run "
+            "'systemctl reload libvirtd' (virtqemud or virtxend on a modular host) to apply this",
             file=streams.stderr,
         )
     return 0
