@@ -113,3 +113,26 @@ def test_migrate_with_nothing_to_reallocate_never_starts_python(
                              f"/run/other-host/{uuid}/org.b.0".encode())
     done = run_shim(str(shim), "vm1", op, "begin", elsewhere)
     assert (done.returncode, done.stderr) == (3, b"ran\n")  # Python re-allocates that one
+
+
+def test_show_finds_a_running_domain_by_its_libvirt_id(host: HookHost, shim: str) -> None:
+    """libvirt's <domain id='N'> from the hook's XML: show N works as in virsh."""
+    import io
+    import json
+
+    from xen_channel_backend import cli
+
+    uuid = new_uuid()
+    xml = domain_xml("42", uuid, [
+        channel_xml("unix", "xen", "org.a.0", f"{host.domain_dir(uuid)}/org.a.0")])
+    assert run_shim(shim, "42", "prepare", "begin",
+                    xml.replace(b"<domain type='xen'>", b"<domain type='xen' id='7'>")
+                    ).returncode == 0
+    for key, found in (("7", True), ("42", True), ("8", False)):
+        out = io.StringIO()
+        code = cli.main(["show", "--rundir", host.rundir, "--json", key], stdout=out,
+                        stderr=io.StringIO())
+        assert (code == 0) is found, key
+        if found:
+            assert json.loads(out.getvalue())["uuid"] == uuid
+    assert Registry(host.rundir).by_uuid(uuid).domain_id == 7  # type: ignore[union-attr]

@@ -150,13 +150,17 @@ def xml_attributes(channel: Channel) -> list[tuple[str, list[tuple[str, str]]]]:
 class ScannedDomain(Frozen):
     """What the hook's read-only operations need from the domain XML."""
 
-    __slots__ = ("name", "uuid", "channels")  # noqa: RUF023 (the constructor's order)
+    __slots__ = ("name", "uuid", "channels", "domain_id")  # noqa: RUF023 (constructor order)
     name: str | None
     uuid: str | None
     channels: tuple[Channel, ...]
+    domain_id: int | None
 
-    def __init__(self, name: str | None, uuid: str | None, channels: tuple[Channel, ...]) -> None:
-        self._set(name=name, uuid=uuid, channels=tuple(channels))
+    def __init__(
+        self, name: str | None, uuid: str | None, channels: tuple[Channel, ...],
+        domain_id: int | None = None,
+    ) -> None:
+        self._set(name=name, uuid=uuid, channels=tuple(channels), domain_id=domain_id)
 
 
 def scan_domain(
@@ -184,12 +188,18 @@ def scan_domain(
     text: dict[str, list[str]] = {"name": [], "uuid": []}
     # Per <channel>: its values, and the child tags still to read.
     found: list[tuple[dict[str, str | None], set[str]]] = []
+    domain_id: list[int] = []
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         stack.append(tag)
         depth = len(stack)
-        if depth == 1 and tag != "domain":
-            raise XmlInputError(source, f"root element is <{tag}>, expected <domain>")
+        if depth == 1:
+            if tag != "domain":
+                raise XmlInputError(source, f"root element is <{tag}>, expected <domain>")
+            # libvirt's id of a running domain; anything but digits is ignored.
+            raw_id = attrs.get("id", "")
+            if raw_id.isdigit() and raw_id.isascii() and len(raw_id) < 10:
+                domain_id.append(int(raw_id))
         if depth == 3 and tag == "channel" and stack[1] == "devices":
             values = empty_values()
             read_into(values, ".", attrs.get)
@@ -237,7 +247,8 @@ def scan_domain(
         channels.append(channel_from_values(values))
     name = "".join(text["name"]).strip() or None
     uuid = "".join(text["uuid"]).strip() or None
-    return ScannedDomain(name=name, uuid=uuid, channels=tuple(channels))
+    return ScannedDomain(name=name, uuid=uuid, channels=tuple(channels),
+                         domain_id=domain_id[0] if domain_id else None)
 
 
 __all__ = [

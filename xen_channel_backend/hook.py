@@ -132,12 +132,13 @@ class HookCall:
 
 
 def _record(
-    call: HookCall, uuid: str, name: str, state: str, channels: Sequence[ChannelRecord]
+    call: HookCall, domain: ScannedDomain, uuid: str, name: str, state: str,
+    channels: Sequence[ChannelRecord],
 ) -> DomainRecord:
     from .registry import DomainRecord
 
     return DomainRecord(uuid=uuid, name=name, driver=call.driver, state=state,
-                        channels=tuple(channels))
+                        channels=tuple(channels), domain_id=domain.domain_id)
 
 
 # --- prepare ----------------------------------------------------------------------
@@ -172,7 +173,7 @@ def prepare(call: HookCall) -> int:
     created: list[str] = []
     try:
         registry.claim_paths(
-            _record(call, uuid, name, PREPARING,
+            _record(call, domain, uuid, name, PREPARING,
                     [ChannelRecord.from_channel(c) for c in domain.channels]))
         gid = group_id(settings)
         made_dirs: set[str] = set()
@@ -183,7 +184,7 @@ def prepare(call: HookCall) -> int:
                 c, created_dir=c in ours and os.path.dirname(c.path or "") in made_dirs)
             for c in domain.channels
         ]
-        registry.put(_record(call, uuid, name, PREPARING, channels))
+        registry.put(_record(call, domain, uuid, name, PREPARING, channels))
         # started has nothing to add when every channel is a socket whose
         # path is already in the definition (no pty, nothing libvirt fills in).
         registry.mark_settled(uuid, all(
@@ -235,7 +236,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     # The domain's own directory is ours even when the record is gone (a
     # reconnect after the registry was lost), as at prepare.
     own_dir = domain_socket_dir(call.settings(), uuid)
-    record = _record(call, uuid, name, RUNNING, [
+    record = _record(call, domain, uuid, name, RUNNING, [
         ChannelRecord.from_channel(
             c, created_dir=c.path in ours or (
                 c.connection is Connection.SOCKET and c.path is not None

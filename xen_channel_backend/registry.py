@@ -136,17 +136,23 @@ class ChannelRecord(Frozen):
 class DomainRecord(Frozen):
     """A domain as the registry knows it.  ``uuid`` is stored canonical."""
 
-    __slots__ = ("channels", "driver", "name", "state", "uuid")
+    __slots__ = ("channels", "domain_id", "driver", "name", "state", "uuid")
     uuid: str
     name: str
     driver: str
     state: DomainState
     channels: tuple[ChannelRecord, ...]
+    #: libvirt's id of the running domain (``<domain id='N'>`` in the hook's
+    #: XML), so ``show N`` works as in virsh; None when not known.
+    domain_id: int | None
 
     def __init__(
         self, uuid: str, name: str, driver: str, state: str,
-        channels: Iterable[ChannelRecord] = (),
+        channels: Iterable[ChannelRecord] = (), domain_id: int | None = None,
     ) -> None:
+        if domain_id is not None and (
+                not isinstance(domain_id, int) or isinstance(domain_id, bool) or domain_id < 0):
+            raise ValueError(f"domain id {domain_id!r} is not a non-negative integer")
         if not isinstance(name, str) or not name:
             raise ValueError("a domain record needs a name")
         if not isinstance(driver, str) or not driver:
@@ -157,7 +163,7 @@ class DomainRecord(Frozen):
             states = ", ".join(s.value for s in DomainState)
             raise ValueError(f"state {state!r} is not one of {states}") from None
         self._set(uuid=canonical_uuid(uuid), name=name, driver=driver, state=known,
-                  channels=tuple(channels))
+                  channels=tuple(channels), domain_id=domain_id)
 
     def socket_paths(self) -> builtins.list[str]:
         """The normalized socket paths this domain needs claimed, sorted."""
@@ -177,6 +183,7 @@ class DomainRecord(Frozen):
             "driver": self.driver,
             "state": self.state.value,
             "channels": [c.to_dict() for c in self.channels],
+            **({"id": self.domain_id} if self.domain_id is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -201,6 +208,7 @@ class DomainRecord(Frozen):
         return cls(
             uuid=obj["uuid"], name=obj["name"], driver=obj["driver"], state=obj["state"],
             channels=tuple(ChannelRecord.from_dict(c) for c in channels),
+            domain_id=obj.get("id"),
         )
 
 
@@ -240,14 +248,21 @@ class Registry:
         return self._read_record(uuid)
 
     def get(self, name_or_uuid: str) -> DomainRecord | None:
-        """The record for a UUID (any spelling) or a domain name, or None.
+        """The record for a domain id, a UUID (any spelling) or a name, or None.
 
-        A UUID-shaped argument never scans: it is looked up as a UUID, then
-        as a name in the index (a domain may be *named* like a UUID).  Only a
+        virsh's order: a number is first a running domain's id (which takes
+        one scan; ids are for humans at a prompt), then a name.  A
+        UUID-shaped argument never scans: it is looked up as a UUID, then as
+        a name in the index (a domain may be *named* like a UUID).  Only a
         name missing from the index falls back to reading every record, for
         an index entry lost to a crash between the record and index writes.
         """
         self._check_dirs(self.records_dir, self._names_dir)
+        if name_or_uuid.isdigit() and name_or_uuid.isascii():
+            wanted = int(name_or_uuid)
+            for candidate in self.list():
+                if candidate.domain_id == wanted and candidate.state is not DomainState.STOPPED:
+                    return candidate
         uuid: str | None
         try:
             uuid = canonical_uuid(name_or_uuid)
