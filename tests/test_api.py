@@ -29,7 +29,7 @@ from xen_channel_backend.errors import (
     NoSuchDomain,
     UnknownDomain,
 )
-from xen_channel_backend.model import Channel, Connection, Target
+from xen_channel_backend.model import Channel, Connection, DomainState, Target
 from xen_channel_backend.monitor import Monitor
 from xen_channel_backend.registry import ChannelRecord, DomainRecord, Registry
 from xen_channel_backend.settings import Settings
@@ -79,6 +79,20 @@ def test_channels_by_name_or_uuid_from_the_registry(settings: Settings, key: str
         found[0].path = "/elsewhere"  # type: ignore[misc]
 
 
+def test_channel_info_is_the_models_channel_plus_its_domain(settings: Settings) -> None:
+    """One channel record: the registry's Channel comes back whole, the state a DomainState."""
+    put_record(settings)
+    found = api.channels("vm1", rundir=settings.rundir)
+    assert [info.channel for info in found] == [SOCKET, PTY]
+    assert [info.channel.to_dict() for info in found] == [SOCKET.to_dict(), PTY.to_dict()]
+    assert all(info.state is DomainState.RUNNING for info in found)
+    assert api.ChannelInfo.from_channel("vm1", UUID, SOCKET, DomainState.RUNNING) == found[0]
+    # The public shape is unchanged: seven plain fields.
+    assert dataclasses.asdict(found[0]) == {
+        "domain": "vm1", "uuid": UUID, "name": SOCKET.name, "connection": "socket",
+        "path": SOCKET.path, "target": "xen", "state": "running"}
+
+
 def test_channels_of_an_unknown_domain(settings: Settings) -> None:
     put_record(settings)
     with pytest.raises(UnknownDomain) as caught:
@@ -95,6 +109,7 @@ def test_remote_channels_follow_the_domain_state(settings: Settings, conn: Any) 
         stopped = api.remote_channels(TEST_URI, name)
         assert stopped == [api.ChannelInfo(name, uuid, pty.name, Connection.PTY, None,
                                            Target.VIRTIO, "stopped")]
+        assert stopped[0].state is DomainState.STOPPED and stopped[0].channel == pty
         domain.create()
         # Running, before the monitor wrote the live copy: state unknown.
         assert [c.state for c in api.remote_channels(TEST_URI, uuid)] == [None]

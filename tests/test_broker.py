@@ -252,6 +252,26 @@ def test_consumer_socket_follows_the_domain_in_the_registry(
     assert all(stat.S_ISSOCK(os.lstat(p).st_mode) for p in vm.paths.values())
 
 
+def test_the_broker_serves_the_registrys_own_channel_records(rundir: Path) -> None:
+    """One channel record: what the broker serves is the registry's Channel, not a copy
+    rebuilt and validated again."""
+    from xen_channel_backend.broker import read_running_channels
+
+    channel = Channel(CHANNEL, Connection.SOCKET, f"{rundir}/{UUID_A}/{CHANNEL}")
+    agent = Channel(qga.AGENT_CHANNEL, Connection.SOCKET, f"{rundir}/{UUID_A}/qga")
+    pty = Channel("org.example.console.0", Connection.PTY, "/dev/pts/4")
+    registry = Registry(str(rundir))
+    registry.put(DomainRecord(UUID_A, "vm-a", "libxl", "running", (
+        ChannelRecord(channel, created_dir=True), ChannelRecord(agent), ChannelRecord(pty))))
+    registry.put(DomainRecord(UUID_B, "vm-b", "libxl", "stopped", (ChannelRecord(channel),)))
+    specs, unreadable = read_running_channels(registry, [str(rundir)])
+    assert unreadable == set()
+    assert list(specs) == [(UUID_A, CHANNEL), (UUID_A, qga.AGENT_CHANNEL)]
+    served, served_agent = specs.values()
+    assert (served.channel, served.path, served.agent) == (channel, channel.path, False)
+    assert (served_agent.channel, served_agent.agent) == (agent, True)
+
+
 def test_domains_that_are_not_running_or_libvirt_owned_are_not_served(
     rundir: Path, broker: BrokerProcess
 ) -> None:

@@ -33,7 +33,8 @@ def rundir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         # (pytest's tmp_path is too long to hold a socket itself).
         ChannelRecord(Channel("org.example.config.0", Connection.SOCKET, CONFIG_SOCKET,
                               target=Target.XEN), created_dir=True),
-        ChannelRecord(Channel("org.example.debug.0", Connection.PTY, "/dev/pts/7", target=Target.XEN)),
+        ChannelRecord(Channel("org.example.debug.0", Connection.PTY, "/dev/pts/7",
+                              target=Target.XEN)),
     )))
     reg.put(DomainRecord(UUID_B, "db\x1b[31m01", "qemu", "preparing"))
     return run
@@ -59,6 +60,16 @@ def test_list_json(rundir: str) -> None:
              "target": "xen"},
         ],
     }
+
+
+def test_json_channels_are_the_models_form_without_created_dir(rundir: str) -> None:
+    """One channel record: list/show --json print Channel.to_dict(), not the registry's extra."""
+    record = Registry(rundir).get(UUID_A)
+    assert record is not None
+    code, out, _err = run("show", "--rundir", rundir, "--json", UUID_A)
+    assert code == 0
+    assert json.loads(out)["channels"] == [c.channel.to_dict() for c in record.channels]
+    assert "created_dir" not in out
 
 
 def test_list_table_escapes_hostile_names(rundir: str) -> None:

@@ -420,9 +420,13 @@ class ChannelClient:
 
 
 def find_channel_socket(rundir: str, domain: str, channel: str) -> str:
-    """QEMU's socket path for ``channel`` of ``domain`` (name or UUID), from the registry."""
-    from .model import Connection, validate_path
-    from .registry import RUNNING, Registry  # lazily: only `send` needs the registry
+    """QEMU's socket path for ``channel`` of ``domain`` (name or UUID), from the registry.
+
+    The registry builds every record it reads through the model, so the
+    path has passed the model's rules already.
+    """
+    from .model import Connection, DomainState
+    from .registry import Registry  # lazily: only `send` needs the registry
 
     record = Registry(rundir).get(domain)
     if record is None:
@@ -436,11 +440,10 @@ def find_channel_socket(rundir: str, domain: str, channel: str) -> str:
                 f"of domain {shown(record.name)} is a {entry.connection} channel; "
                 "only socket channels carry the protocol",
             )
-        if record.state != RUNNING:
+        if record.state is not DomainState.RUNNING:
             raise ChannelUnavailable(
                 entry.path, f"domain {shown(record.name)} is {record.state}, not running"
             )
-        validate_path(entry.path, channel)
         return entry.path
     names = ", ".join(shown(c.name) for c in record.channels if c.name) or "none"
     raise UnsupportedChannel(

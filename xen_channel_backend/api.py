@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from .errors import InvalidMetadata, LibvirtUnavailable, NoSuchDomain, UnknownDomain
-from .model import Connection, Target
+from .model import Channel, Connection, DomainState, Target
 
 __all__ = ["ChannelInfo", "HostDomain", "HostError", "Inventory", "channels", "host_domain",
            "host_inventory", "remote_channels"]
@@ -60,10 +60,15 @@ class ChannelInfo:
     connects to it as a client; QEMU listens) and the pty device for
     ``connection == "pty"`` once the domain runs (None before).
     ``state`` is the domain's state as last recorded: ``"preparing"``,
-    ``"running"`` or ``"stopped"``; None when nothing has recorded it (the
-    persistent metadata of a running domain whose monitor has not written
-    the live copy).  ``Connection`` and ``Target`` are string enums, so
+    ``"running"`` or ``"stopped"`` (a :class:`~.model.DomainState`); None
+    when nothing has recorded it (the persistent metadata of a running
+    domain whose monitor has not written the live copy).  ``Connection``,
+    ``Target`` and ``DomainState`` are string choices, so
     ``info.connection == "socket"`` works.
+
+    The channel fields are the model's :class:`~.model.Channel`, flattened
+    for callers: :meth:`from_channel` is the one way this module builds one,
+    and :attr:`channel` gives the model value back.
     """
 
     domain: str
@@ -72,7 +77,20 @@ class ChannelInfo:
     connection: Connection
     path: str | None
     target: Target
-    state: str | None
+    state: DomainState | None
+
+    @classmethod
+    def from_channel(
+        cls, domain: str, uuid: str, channel: Channel, state: DomainState | None
+    ) -> ChannelInfo:
+        """The entry for ``channel`` (already validated by the model) of ``domain``."""
+        return cls(domain, uuid, channel.name, channel.connection, channel.path, channel.target,
+                   state)
+
+    @property
+    def channel(self) -> Channel:
+        """The channel as the model's value (validated again if built by hand)."""
+        return Channel(self.name, self.connection, self.path, target=self.target)
 
 
 def channels(domain: str, *, rundir: str | None = None) -> list[ChannelInfo]:
@@ -90,11 +108,8 @@ def channels(domain: str, *, rundir: str | None = None) -> list[ChannelInfo]:
     record = Registry(settings.rundir).get(domain)
     if record is None:
         raise UnknownDomain(domain)
-    return [
-        ChannelInfo(record.name, record.uuid, c.name, c.connection, c.path, c.target,
-                    record.state)
-        for c in record.channels
-    ]
+    return [ChannelInfo.from_channel(record.name, record.uuid, c.channel, record.state)
+            for c in record.channels]
 
 
 def remote_channels(uri: str | None, domain: str) -> list[ChannelInfo]:
@@ -130,11 +145,13 @@ def remote_channels(uri: str | None, domain: str) -> list[ChannelInfo]:
     finally:
         conn.close()
     parsed = parse_metadata(text, f"domain {name!r} at {uri}")
-    state = parsed.state if active else "stopped"
-    return [
-        ChannelInfo(name, uuid, c.name, c.connection, c.path, c.target, state)
-        for c in parsed.channels
-    ]
+    state = _state(parsed.state) if active else DomainState.STOPPED
+    return [ChannelInfo.from_channel(name, uuid, c, state) for c in parsed.channels]
+
+
+def _state(recorded: str | None) -> DomainState | None:
+    """The live metadata's ``state`` (metadata.py checked it is one of DomainState's)."""
+    return DomainState(recorded) if recorded is not None else None
 
 
 def _lookup(conn: Any, uri: str, domain: str) -> Any:
@@ -171,7 +188,7 @@ class HostDomain:
     domain: str
     uuid: str
     driver: str
-    state: str
+    state: DomainState
     persistent: bool
     channels: tuple[ChannelInfo, ...]
 
@@ -381,13 +398,15 @@ def _describe(
             return None
         text, persistent = None, bool(handle.isPersistent())
     metadata = parse_metadata(text, f"domain {name!r} at {uri}") if text is not None else None
+    state: DomainState
     if is_active:
         recorded = metadata.state if metadata is not None else None
-        state = "preparing" if recorded == "preparing" else "running"
+        preparing = recorded == DomainState.PREPARING
+        state = DomainState.PREPARING if preparing else DomainState.RUNNING
     else:
-        state = "stopped"
+        state = DomainState.STOPPED
     channels = tuple(
-        ChannelInfo(name, uuid, c.name, c.connection, c.path, c.target, state)
+        ChannelInfo.from_channel(name, uuid, c, state)
         for c in (metadata.channels if metadata is not None else ())
     )
     return HostDomain(uri, name, uuid, driver, state, persistent, channels)

@@ -51,13 +51,12 @@ from .errors import (
     SettingsError,
     UntrustedPath,
     UsageError,
-    XenChannelError,
     shown,
 )
-from .model import Connection, validate_name, validate_path
+from .model import Channel, Connection, DomainState
 from .paths import broker_socket_for, is_within
 from .protocol import MAX_FRAME, FrameError, FrameSplitter
-from .registry import RUNNING, Registry
+from .registry import Registry
 from .settings import load_settings
 from .trust import check_trusted_path
 
@@ -140,21 +139,38 @@ def _temporary_sibling(path: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelSpec:
-    """One running socket channel, as the registry records it."""
+    """One running socket channel the broker serves: the registry's
+    :class:`~.model.Channel` (validated by the model when the record was
+    read) and its domain, plus the broker's own fact, ``agent``: qemu-ga's
+    channel, served in agent mode.
+    """
 
     domain_uuid: str
     domain_name: str
-    channel: str
-    path: str
-    agent: bool = False  # qemu-ga's channel, served in agent mode
+    channel: Channel
+    agent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.channel.name is None or self.channel.path is None:
+            raise ValueError("the broker serves only named channels with a socket path")
+
+    @property
+    def name(self) -> str:
+        assert self.channel.name is not None  # __post_init__
+        return self.channel.name
+
+    @property
+    def path(self) -> str:
+        assert self.channel.path is not None  # __post_init__
+        return self.channel.path
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.domain_uuid, self.channel)
+        return (self.domain_uuid, self.name)
 
     @property
     def label(self) -> str:
-        return f"domain {shown(self.domain_name)} channel {shown(self.channel)}"
+        return f"domain {shown(self.domain_name)} channel {shown(self.name)}"
 
 
 def read_running_channels(
@@ -165,11 +181,12 @@ def read_running_channels(
     Brokerable: a socket channel with a path below one of ``allowed_roots``
     (the settings' run directory and roots, which the prepare hook enforced
     too), not one libvirt connects to itself (the agent channel of a
-    qemu-driver domain).  Paths are re-checked here
-    because the broker connects to them as root and hands the connection
-    to a group: a path pointing elsewhere (libvirt's own socket, say) must
-    never be proxied.  An unreadable record is logged and skipped: it must
-    not cut every other domain off.
+    qemu-driver domain).  Names and paths need no second check: the
+    registry builds every record it reads through the model.  The roots are
+    checked here because the broker connects to the path as root and hands
+    the connection to a group: a path pointing elsewhere (libvirt's own
+    socket, say) must never be proxied.  An unreadable record is logged and
+    skipped: it must not cut every other domain off.
 
     Also returns the UUIDs whose records could not be read (None: the
     registry as a whole could not), so that what is served for them is
@@ -189,9 +206,10 @@ def read_running_channels(
         else:
             unreadable = None
     for record in records:
-        if record.state != RUNNING:
+        if record.state is not DomainState.RUNNING:
             continue
-        for channel in record.channels:
+        for entry in record.channels:
+            channel = entry.channel
             if (
                 channel.connection is not Connection.SOCKET
                 or channel.name is None
@@ -199,20 +217,12 @@ def read_running_channels(
                 or (channel.name == AGENT_CHANNEL and record.driver not in AGENT_DRIVERS)
             ):
                 continue
-            spec = ChannelSpec(
-                record.uuid, record.name, channel.name, channel.path,
-                agent=channel.name == AGENT_CHANNEL,
-            )
-            try:
-                validate_name(channel.name)
-                validate_path(channel.path, channel.name)
-            except XenChannelError as exc:
-                log.warning("broker: %s: %s; not served", spec.label, exc.message())
-                continue
-            if not is_within(channel.path, allowed_roots, strict=True):
+            spec = ChannelSpec(record.uuid, record.name, channel,
+                               agent=channel.name == AGENT_CHANNEL)
+            if not is_within(spec.path, allowed_roots, strict=True):
                 log.warning(
                     "broker: %s: socket %s is outside the allowed roots; not served",
-                    spec.label, shown(channel.path),
+                    spec.label, shown(spec.path),
                 )
                 continue
             specs[spec.key] = spec

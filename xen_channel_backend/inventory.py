@@ -9,7 +9,11 @@ lxml or libvirt.  The JSON form is the stable interface for scripts:
      "channels": [{"name": .., "connection": "socket"|"pty",
                    "path": ..|null, "target": "xen"|"virtio"|"guestfwd"}]}
 
-``list --json`` prints an array of these, ``show --json`` one object.
+``list --json`` prints an array of these, ``show --json`` one object.  Each
+channel is model.Channel.to_dict()'s form, the one the registry stores
+(without the registry's own ``created_dir``); it would carry ``"backend"``
+too, but only xl.cfg can set one, and neither the registry nor the metadata
+holds it.
 
 With ``--connect URI`` (repeatable) or ``--hosts FILE``, ``list`` and ``show``
 read our ``<xcb:channels>`` metadata through libvirt instead
@@ -24,11 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .console import Streams
-from .errors import InputError, UnknownDomain, UsageError, shown
+from .errors import InputError, UnknownDomain, UsageError, escaped, shown
+from .model import Channel
 from .registry import DomainRecord, Registry
 from .settings import load_settings
 
@@ -40,30 +45,36 @@ if TYPE_CHECKING:
 MAX_HOSTS_FILE_BYTES = 1024 * 1024
 
 
-def record_json(record: DomainRecord) -> dict[str, Any]:
-    """The documented JSON shape of one domain (``name`` becomes ``domain``)."""
+def domain_json(
+    domain: str, uuid: str, driver: str, state: str, channels: Iterable[Channel],
+) -> dict[str, Any]:
+    """The documented JSON shape of one domain; each channel is Channel.to_dict()'s form."""
     return {
-        "domain": record.name,
-        "uuid": record.uuid,
-        "driver": record.driver,
-        "state": record.state,
-        "channels": [
-            {
-                "name": c.name,
-                "connection": c.connection.value,
-                "path": c.path,
-                "target": c.target.value,
-            }
-            for c in record.channels
-        ],
+        "domain": domain,
+        "uuid": uuid,
+        "driver": driver,
+        "state": str(state),
+        "channels": [c.to_dict() for c in channels],
     }
 
 
-def _printable(value: str | None) -> str:
-    """A table cell: names come from domain XML, so escape anything unprintable."""
+def record_json(record: DomainRecord) -> dict[str, Any]:
+    """One registry record in the documented shape (``name`` becomes ``domain``).
+
+    Only the channels: ``created_dir`` is the registry's own business.
+    """
+    return domain_json(record.name, record.uuid, record.driver, record.state,
+                       (c.channel for c in record.channels))
+
+
+def _cell(value: str | None) -> str:
+    """A table cell or header value from a file, libvirt or a guest: errors.shown
+    quotes (and escapes) anything that is not one plain printable word, so a
+    cell can neither carry control or bidi characters nor look like two."""
     if value is None:
         return "-"
-    return value if value.isprintable() and " " not in value else repr(value)
+    plain = value not in ("", "-") and " " not in value and escaped(value) == value
+    return value if plain else shown(value)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -94,8 +105,8 @@ def run_list(args: argparse.Namespace, streams: Streams) -> int:
         return 0
     rows = [
         (
-            _printable(r.name), r.uuid, r.driver, r.state,
-            ",".join(_printable(c.name) for c in r.channels) or "-",
+            _cell(r.name), r.uuid, _cell(r.driver), _cell(r.state),
+            ",".join(_cell(c.name) for c in r.channels) or "-",
         )
         for r in records
     ]
@@ -117,11 +128,11 @@ def run_show(args: argparse.Namespace, streams: Streams) -> int:
         _dump(record_json(record), streams)
         return 0
     header = (
-        f"Domain: {_printable(record.name)}\nUUID:   {record.uuid}\n"
-        f"Driver: {record.driver}\nState:  {record.state}\n"
+        f"Domain: {_cell(record.name)}\nUUID:   {record.uuid}\n"
+        f"Driver: {_cell(record.driver)}\nState:  {_cell(record.state)}\n"
     )
     rows = [
-        (_printable(c.name), c.connection.value, c.target.value, _printable(c.path))
+        (_cell(c.name), c.connection.value, c.target.value, _cell(c.path))
         for c in record.channels
     ]
     streams.stdout.write(header)
@@ -183,23 +194,10 @@ def _uris(args: argparse.Namespace, connect: list[str], hosts_file: str | None) 
 
 def host_json(entry: HostDomain) -> dict[str, Any]:
     """One domain read through libvirt: the documented shape plus host and persistent."""
-    return {
-        "host": entry.host,
-        "domain": entry.domain,
-        "uuid": entry.uuid,
-        "driver": entry.driver,
-        "state": entry.state,
-        "persistent": entry.persistent,
-        "channels": [
-            {
-                "name": c.name,
-                "connection": c.connection.value,
-                "path": c.path,
-                "target": c.target.value,
-            }
-            for c in entry.channels
-        ],
-    }
+    data = domain_json(entry.domain, entry.uuid, entry.driver, entry.state,
+                       (c.channel for c in entry.channels))
+    channels = data.pop("channels")
+    return {"host": entry.host, **data, "persistent": entry.persistent, "channels": channels}
 
 
 def _list_hosts(uris: list[str], args: argparse.Namespace, streams: Streams) -> int:
@@ -211,8 +209,8 @@ def _list_hosts(uris: list[str], args: argparse.Namespace, streams: Streams) -> 
     else:
         rows = [
             (
-                _printable(d.host), _printable(d.domain), d.uuid, d.driver, d.state,
-                ",".join(_printable(c.name) for c in d.channels) or "-",
+                _cell(d.host), _cell(d.domain), _cell(d.uuid), _cell(d.driver), _cell(d.state),
+                ",".join(_cell(c.name) for c in d.channels) or "-",
             )
             for d in found.domains
         ]
@@ -232,11 +230,12 @@ def _show_host(uri: str, args: argparse.Namespace, streams: Streams) -> int:
         _dump(host_json(entry), streams)
         return 0
     header = (
-        f"Host:   {_printable(entry.host)}\nDomain: {_printable(entry.domain)}\n"
-        f"UUID:   {entry.uuid}\nDriver: {entry.driver}\nState:  {entry.state}\n"
+        f"Host:   {_cell(entry.host)}\nDomain: {_cell(entry.domain)}\n"
+        f"UUID:   {_cell(entry.uuid)}\nDriver: {_cell(entry.driver)}\n"
+        f"State:  {_cell(entry.state)}\n"
     )
     rows = [
-        (_printable(c.name), c.connection.value, c.target.value, _printable(c.path))
+        (_cell(c.name), c.connection.value, c.target.value, _cell(c.path))
         for c in entry.channels
     ]
     streams.stdout.write(header)

@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 from . import metadata, service
 from .console import Streams
 from .errors import InvalidMetadata, LibvirtUnavailable, XenChannelError, shown
-from .model import Channel, Connection
+from .model import Channel, Connection, DomainState
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -434,7 +434,7 @@ class Monitor:
             if domain_id == -1:
                 self._synced.pop(uuid, None)
                 known = recorded.get(uuid)
-                if known is not None and known.state == "running":
+                if known is not None and known.state is DomainState.RUNNING:
                     self._attempt(f"domain {uuid}", functools.partial(self._sync_inactive, uuid))
                 continue
             if self._synced.get(uuid) == (domain_id, recorded.get(uuid)):
@@ -466,7 +466,7 @@ class Monitor:
         changed = 0
         running: set[str] = set()
         for record in self._list_records():
-            if record.driver != self.driver or record.state != "running":
+            if record.driver != self.driver or record.state is not DomainState.RUNNING:
                 continue
             if not any(c.name == AGENT_CHANNEL and c.connection is Connection.SOCKET and c.path
                        for c in record.channels):
@@ -584,11 +584,11 @@ class Monitor:
             return  # not a domain of ours
         channels = _live_channels(root, managed, label)
         agent = self._agents.get(uuid)
-        wanted = metadata.Metadata(tuple(channels), "running", agent)
+        wanted = metadata.Metadata(tuple(channels), DomainState.RUNNING, agent)
         if current != wanted:
             domain.setMetadata(
                 libvirt.VIR_DOMAIN_METADATA_ELEMENT,
-                metadata.metadata_xml(channels, "running", agent),
+                metadata.metadata_xml(channels, DomainState.RUNNING, agent),
                 metadata.PREFIX, metadata.NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE,
             )
             log.info("%s: live metadata written (%s)", label, _describe(channels))
@@ -606,15 +606,15 @@ class Monitor:
         if record is None:
             if self.driver is None:
                 return None
-            new = DomainRecord(uuid, name, self.driver, "running",
+            new = DomainRecord(uuid, name, self.driver, DomainState.RUNNING,
                                tuple(ChannelRecord.from_channel(c) for c in channels))
             self.registry.put(new)
             log.info("%s: registered %d channels from its metadata", label, len(channels))
             return new
-        if record.state == "preparing":
+        if record.state is DomainState.PREPARING:
             return record  # the hooks are between prepare and started; they own it now
         updated = record.replace(
-            name=name, state="running",
+            name=name, state=DomainState.RUNNING,
             channels=tuple(_with_live_path(c, live.get(c.name)) for c in record.channels),
         )
         if updated != record:
@@ -630,10 +630,11 @@ class Monitor:
         died together with the domain.  Its pty paths are gone with it.
         """
         record = self.registry.by_uuid(uuid)
-        if record is None or record.state != "running" or record.driver != self.driver:
+        if (record is None or record.state is not DomainState.RUNNING
+                or record.driver != self.driver):
             return
         updated = record.replace(
-            state="stopped",
+            state=DomainState.STOPPED,
             channels=tuple(
                 c.replace(channel=c.channel.with_path(None))
                 if c.connection is Connection.PTY else c
