@@ -8,7 +8,6 @@ restarted, QEMU ptys, virsh) is in tests/integration/test_monitor_libvirtd.py.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -385,3 +384,78 @@ def test_systemd_unit_runs_the_monitor_and_verifies(tmp_path: Any) -> None:
                             text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert str(copy) not in result.stderr, result.stderr
+
+
+# --- text from libvirt, the registry and files reaches the log escaped (issue 9) -------
+#
+# ESC sequences (colour, OSC 52 clipboard writes), a C1 CSI, a bidi override and
+# a Unicode line separator.  A channel path may hold only the last three: the
+# model refuses C0 controls in paths.
+
+HOSTILE = "a\x1b[31mred\x1b]52;c;SGVsbG8=\x07b\u202ec\u2028d\x9be"
+HOSTILE_PATH_PART = "x\u202ey\u2028z\x9b"
+RAW = ("\x1b", "\x07", "\u202e", "\u2028", "\x9b")
+
+
+def assert_escaped(text: str) -> None:
+    assert not any(c in text for c in RAW), repr(text)
+    assert "\\u202e" in text and "\\u2028" in text and "\\x9b" in text, repr(text)
+
+
+def test_removed_paths_are_escaped_in_the_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(settings.rundir)
+    stale = "5a1c0000-0000-4000-8000-0000000000e1"
+    path = os.path.join(domain_socket_dir(settings, stale), HOSTILE_PATH_PART)
+    bound_socket(path)
+    channel = Channel("org.example.agent.0", Connection.SOCKET, path)
+    registry.put(DomainRecord(stale, "gone", "test", "running",
+                              (ChannelRecord.from_channel(channel, created_dir=True),)))
+    monitor = Monitor(TEST_URI, settings, registry)
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            assert monitor.reconcile().removed == [stale]
+    finally:
+        monitor.close()
+    assert not os.path.lexists(path)
+    (line,) = [r.getMessage() for r in caplog.records if "no longer exists" in r.getMessage()]
+    assert_escaped(line)
+
+
+def test_live_channel_paths_are_escaped_in_the_log(
+    settings: Settings, conn: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    uuid = "5a1c0000-0000-4000-8000-0000000000e2"
+    channel = Channel("org.example.agent.0", Connection.SOCKET,
+                      f"{settings.rundir}/{uuid}/{HOSTILE_PATH_PART}", target=Target.VIRTIO)
+    domain = conn.createXML(make_domain_xml(domain_name("hostile"), [channel], uuid), 0)
+    monitor = Monitor(TEST_URI, settings, Registry(settings.rundir))
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            monitor.sync(uuid)
+    finally:
+        domain.destroy()
+        monitor.close()
+    lines = [r.getMessage() for r in caplog.records if "metadata written" in r.getMessage()]
+    assert len(lines) == 1
+    assert_escaped(lines[0])
+
+
+def test_libvirt_error_text_is_escaped_in_the_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libvirt echoes what it was asked about in its messages ("no network with
+    matching name ..."); a step that fails on such text logs it escaped."""
+    monitor = Monitor(TEST_URI, settings, Registry(settings.rundir))
+    monitor.connect()
+    try:
+        with caplog.at_level(logging.INFO, logger="xen_channel_backend.monitor"):
+            assert not monitor._attempt("lookup", lambda: monitor.conn.networkLookupByName(HOSTILE))
+    finally:
+        monitor.close()
+    (line,) = [r.getMessage() for r in caplog.records if "libvirt error" in r.getMessage()]
+    assert "no network with matching name" in line
+    assert_escaped(line)

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import metadata, service
 from .console import Streams
-from .errors import InvalidMetadata, LibvirtUnavailable, XenChannelError, shown
+from .errors import InvalidMetadata, LibvirtUnavailable, XenChannelError, escaped, shown
 from .model import Channel, Connection, DomainState
 
 if TYPE_CHECKING:
@@ -196,7 +196,8 @@ class Monitor:
     @property
     def where(self) -> str:
         """The URI for messages: the one connected to, else the one asked for."""
-        return self.connected_uri or self.uri or "libvirt's default URI"
+        uri = self.connected_uri or self.uri
+        return escaped(uri) if uri else "libvirt's default URI"
 
     def serve(self) -> int:
         """Run until :meth:`stop`: connect, reconcile, then follow events."""
@@ -255,14 +256,15 @@ class Monitor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
             raise LibvirtUnavailable(
-                uri, f"cannot register for domain events: {one_line(exc)}"
+                uri, f"cannot register for domain events: {escaped(one_line(exc))}"
             ) from None
         self.conn = conn
         self.connected_uri = uri
         self.driver = _DRIVERS.get(conn.getType(), conn.getType().lower())
         self._connection_lost = False
         self._synced.clear()
-        log.info("connected to %s (driver %s); following domain events", uri, self.driver)
+        log.info("connected to %s (driver %s); following domain events",
+                 escaped(uri), escaped(self.driver))
         service.status(f"following domain events on {uri}")
 
     def connect_with_backoff(self, *, announce: bool = False) -> bool:
@@ -347,7 +349,7 @@ class Monitor:
             if not self._alive():
                 self._connection_lost = True
             else:
-                log.warning("%s: libvirt error: %s", what, exc.get_error_message())
+                log.warning("%s: libvirt error: %s", what, _libvirt_text(exc))
         except XenChannelError as exc:
             log.warning("%s: %s", what, exc.message())
         except OSError as exc:
@@ -562,7 +564,7 @@ class Monitor:
                 raise
             self._synced.pop(uuid, None)
             log.debug("domain %s changed state while being synced: %s", uuid,
-                      exc.get_error_message())
+                      _libvirt_text(exc))
 
     def _sync_running(self, domain: Any, uuid: str) -> None:
         import libvirt
@@ -651,7 +653,7 @@ class Monitor:
 
         removed = remove_domain_files(self.settings, self.registry, record, _warn)
         self.registry.remove(record.uuid)
-        what = f"; removed {', '.join(removed)}" if removed else ""
+        what = f"; removed {', '.join(map(shown, removed))}" if removed else ""
         log.info("domain %s (%s) no longer exists: record removed%s",
                  shown(record.name), record.uuid, what)
 
@@ -687,12 +689,19 @@ def _with_live_path(record: ChannelRecord, live: Channel | None) -> ChannelRecor
     return record.replace(channel=record.channel.with_path(live.path))
 
 
+def _libvirt_text(exc: Any) -> str:
+    """libvirt's message, which may echo names and XML it was given, made safe to log."""
+    return escaped(str(exc.get_error_message()))
+
+
 def _warn(message: str) -> None:
     log.warning("%s", message)
 
 
 def _describe(channels: Iterable[Channel]) -> str:
-    parts = [f"{c.label}={c.path or '-'}" for c in channels]
+    # Paths come from the live XML: the model keeps C0 controls out, not C1
+    # controls, bidi overrides or line separators.
+    parts = [f"{escaped(c.label)}={shown(c.path) if c.path else '-'}" for c in channels]
     return ", ".join(parts) if parts else "no channels"
 
 
