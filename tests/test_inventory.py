@@ -83,6 +83,31 @@ def test_list_table_escapes_hostile_names(rundir: str) -> None:
     ]
 
 
+# ESC sequences (colour, an OSC 52 clipboard write), a C1 CSI, a bidi override and
+# a Unicode line separator.  Paths may hold only the last three (the model
+# refuses C0 controls in a path).
+HOSTILE = "x\x1b[31mred\x1b]52;c;SGVsbG8=\x07b\u202ec\u2028d\x9be"
+HOSTILE_PATH = "/run/xen-channel/p\u202eq\u2028r\x9bs"
+RAW = ("\x1b", "\x07", "\u202e", "\u2028", "\x9b")
+
+
+def test_tables_escape_hostile_drivers_and_paths(tmp_path: Path, rundir: str) -> None:
+    """Every cell read from a registry file goes through errors.shown: the driver
+    and state too, not only names, and the columns stay aligned."""
+    Registry(rundir).put(DomainRecord(UUID_B, "evil", HOSTILE, "running", (
+        ChannelRecord(Channel("org.example.a.0", Connection.SOCKET, HOSTILE_PATH)),)))
+    code, out, _err = run("list", "--rundir", rundir)
+    assert code == 0 and not any(c in out for c in RAW)
+    header, evil, web = out.splitlines()
+    assert evil.split()[:2] == ["evil", UUID_B]
+    assert "'x\\x1b[31mred\\x1b]52;c;SGVsbG8=\\x07b\\u202ec\\u2028d\\x9be'" in evil
+    assert header.index("STATE") == evil.index("running") == web.index("running")
+    code, out, _err = run("show", "--rundir", rundir, "evil")
+    assert code == 0 and not any(c in out for c in RAW)
+    assert "Driver: 'x\\x1b[31m" in out
+    assert out.splitlines()[-1].split()[-1] == "'/run/xen-channel/p\\u202eq\\u2028r\\x9bs'"
+
+
 def test_list_of_an_empty_or_missing_run_directory(tmp_path: Path, rundir: str) -> None:
     code, out, err = run("list", "--rundir", str(tmp_path / "nothing-here"), "--json")
     assert (code, out, err) == (0, "[]\n", "")
