@@ -158,3 +158,15 @@ def test_doctor_prints_one_line_per_check_and_fails_on_any_failure(
     failing = [line for line in lines if line.startswith("FAIL")]
     assert (code == 0) == (not failing), lines
     assert not [line for line in failing if "hook" in line or "run directory" in line]
+
+
+def test_paths_in_check_details_are_printed_escaped(tmp_path: Path, rundir: str) -> None:
+    """A path with ESC sequences (colour, OSC 52), a C1 CSI, a bidi override or a
+    line separator reaches the terminal through errors.escaped (issue 9)."""
+    hostile = tmp_path / "h\x1b[31m\x1b]52;c;SGk=\x07\u202e\u2028\x9b"
+    code, lines, _err = run_doctor(hostile, rundir)
+    out = "\n".join(lines)
+    assert code == 1 and len(lines) == 6
+    assert not any(c in out for c in ("\x1b", "\x07", "\u202e", "\u2028", "\x9b"))
+    hook = next(line for line in lines if line.startswith("FAIL  qemu hook: "))
+    assert "h\\x1b[31m\\x1b]52;c;SGk=\\x07\\u202e\\u2028\\x9b/qemu.d/xen-channel is missing" in hook

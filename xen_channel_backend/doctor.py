@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 
 from .console import Streams
-from .errors import XenChannelError
+from .errors import XenChannelError, escaped
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 #: libvirt runs every script in /etc/libvirt/hooks/<driver>.d/ since 6.5.0 (background.md §1).
@@ -200,7 +200,11 @@ def run(args: argparse.Namespace, streams: Streams) -> int:
         check_xl(find_xl(), environ),
     ]
     for check in checks:
-        print(f"{check.status:4}  {check.name}: {check.detail}", file=streams.stdout)
+        # Details name paths from the shims, the settings and the file system.
+        # Parts a check quoted with errors.shown are printable already and
+        # pass as they are; anything raw goes through errors.escaped.
+        detail = check.detail if check.detail.isprintable() else escaped(check.detail)
+        print(f"{check.status:4}  {check.name}: {detail}", file=streams.stdout)
     failed = sum(1 for c in checks if c.status == FAIL)
     if failed:
         streams.error(f"{failed} of {len(checks)} checks failed")
