@@ -209,5 +209,6 @@ def run_define(args: argparse.Namespace, streams: Streams) -> int:
         name = domain.name()
     finally:
         conn.close()
-    print(f"Domain {name!r} ({filled.uuid}) defined on {uri}", file=streams.stdout)
+    # The name comes back from libvirt: shown escapes it and bounds its length.
+    print(f"Domain {shown(name)} ({filled.uuid}) defined on {escaped(uri)}", file=streams.stdout)
     return 0
