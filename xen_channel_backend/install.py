@@ -125,9 +125,11 @@ if [ -x "$python" ]; then
     export XEN_CHANNEL_PLAINLY_OURS
     # -I -S: no environment, no site.py and its .pth files (~10 ms);
     # $pythonpath names the directories holding the package and lxml.  The
-    # writer's stdout is the pipe and its stderr /dev/null, so no child of
-    # ours holds libvirtd's stdout or stderr (virt-manager issue 299).
-    printf '%s\n' "$xml" 2>/dev/null | "$python" -I -S -c '
+    # XML goes in as a here-document: the shell writes it into the pipe
+    # itself when it fits (no fork); a larger one is written by a child that
+    # exits as soon as Python has read it, so no child of ours outlives the
+    # hook holding libvirtd's stdout (virt-manager issue 299).
+    "$python" -I -S -c '
 import os, sys
 sys.path[:0] = [p for p in sys.argv[1].split(":") if p]
 try:
@@ -139,7 +141,9 @@ except BaseException as exc:
                          "run xen-channel doctor\n")
     sys.exit(@EXIT_BROKEN@)
 sys.exit(main(sys.argv[2:]))
-' "$pythonpath" "$driver" "$@"
+' "$pythonpath" "$driver" "$@" <<EOF_XEN_CHANNEL_XML
+$xml
+EOF_XEN_CHANNEL_XML
     status=$?
     if [ "$status" -eq @EXIT_BROKEN@ ]; then
         if [ "$ours" = yes ]; then status=1; else status=0; fi

@@ -514,14 +514,40 @@ class Registry:
         self._check_dirs()
         if self._ready:
             return
-        # Never follow a symlink planted inside the run directory; the run
-        # directory itself was checked just above.
-        for directory in (
+        subdirs = (
             self.records_dir, self._locks_dir, self._owned_dir, self._claims_dir, self._names_dir,
             self._settled_dir, self._started_dir,
-        ):
-            make_dirs_nofollow(directory, self.rundir, mode=0o755)
+        )
+        if not self._dirs_in_place(subdirs):
+            # Never follow a symlink planted inside the run directory; the run
+            # directory itself was checked just above.
+            for directory in subdirs:
+                make_dirs_nofollow(directory, self.rundir, mode=0o755)
         self._ready = True
+
+    def _dirs_in_place(self, subdirs: Iterable[str]) -> bool:
+        """True if ``registry/`` and every subdirectory exist as make_dirs_nofollow leaves them.
+
+        The usual case on every hook call after the first: one descriptor
+        and a stat each (through it, never following a symlink), instead of
+        walking each path from the run directory again.
+        """
+        try:
+            fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            euid = os.geteuid()
+            for info in (os.fstat(fd), *(os.stat(os.path.basename(d), dir_fd=fd,
+                                                  follow_symlinks=False) for d in subdirs)):
+                if (not stat.S_ISDIR(info.st_mode) or info.st_uid != euid
+                        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+                    return False
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def _record_path(self, uuid: str) -> str:
         return os.path.join(self.records_dir, f"{uuid}.json")
