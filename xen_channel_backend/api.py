@@ -37,7 +37,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .errors import InvalidMetadata, LibvirtUnavailable, NoSuchDomain, UnknownDomain
+from .errors import (
+    InvalidMetadata,
+    LibvirtUnavailable,
+    NoSuchDomain,
+    UnknownDomain,
+    escaped,
+    shown,
+)
 from .model import Channel, Connection, DomainState, Target
 
 __all__ = ["ChannelInfo", "HostDomain", "HostError", "Inventory", "channels", "host_domain",
@@ -141,10 +148,10 @@ def remote_channels(uri: str | None, domain: str) -> list[ChannelInfo]:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
                 return []
-            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+            raise LibvirtUnavailable(uri, _libvirt_text(exc)) from None
     finally:
         conn.close()
-    parsed = parse_metadata(text, f"domain {name!r} at {uri}")
+    parsed = parse_metadata(text, _source(name, uri))
     state = _state(parsed.state) if active else DomainState.STOPPED
     return [ChannelInfo.from_channel(name, uuid, c, state) for c in parsed.channels]
 
@@ -152,6 +159,16 @@ def remote_channels(uri: str | None, domain: str) -> list[ChannelInfo]:
 def _state(recorded: str | None) -> DomainState | None:
     """The live metadata's ``state`` (metadata.py checked it is one of DomainState's)."""
     return DomainState(recorded) if recorded is not None else None
+
+
+def _libvirt_text(exc: Any) -> str:
+    """libvirt's message, which may echo names it was given, safe for a one-line error."""
+    return escaped(str(exc.get_error_message()))
+
+
+def _source(name: str, uri: str) -> str:
+    """Where metadata came from, for InvalidMetadata: both parts from libvirt."""
+    return f"domain {shown(name)} at {escaped(uri)}"
 
 
 def _lookup(conn: Any, uri: str, domain: str) -> Any:
@@ -164,7 +181,7 @@ def _lookup(conn: Any, uri: str, domain: str) -> Any:
         except libvirt.libvirtError as exc:
             # A name is not a UUID: libvirt says "invalid argument" for it.
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
-                raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+                raise LibvirtUnavailable(uri, _libvirt_text(exc)) from None
     raise NoSuchDomain(uri, domain)
 
 
@@ -302,7 +319,8 @@ def _failure_message(uri: str, failed: _Failed, timeout: float) -> str:
         return LibvirtUnavailable(uri, f"no answer within {timeout:g} s").message()
     if isinstance(error, XenChannelError):
         return error.message()
-    return LibvirtUnavailable(uri, f"internal error: {type(error).__name__}: {error}").message()
+    detail = f"internal error: {type(error).__name__}: {escaped(str(error))}"
+    return LibvirtUnavailable(uri, detail).message()
 
 
 def _quiet_libvirt_errors() -> None:
@@ -329,7 +347,7 @@ def _read_host(uri: str) -> tuple[list[HostDomain], list[HostError]]:
             active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             inactive = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE)
         except libvirt.libvirtError as exc:
-            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+            raise LibvirtUnavailable(uri, _libvirt_text(exc)) from None
         found: list[HostDomain] = []
         problems: list[HostError] = []
         for handle, is_active in [(d, True) for d in active] + [(d, False) for d in inactive]:
@@ -355,7 +373,7 @@ def _read_one(uri: str, domain: str) -> HostDomain:
         try:
             driver, is_active = _driver(conn), bool(handle.isActive())
         except libvirt.libvirtError as exc:
-            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+            raise LibvirtUnavailable(uri, _libvirt_text(exc)) from None
         entry = _describe(uri, driver, handle, is_active, with_empty=True)
     finally:
         conn.close()
@@ -393,11 +411,11 @@ def _describe(
         ):
             return None  # gone (or stopped) between the listing and this call
         if code != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-            raise LibvirtUnavailable(uri, str(exc.get_error_message())) from None
+            raise LibvirtUnavailable(uri, _libvirt_text(exc)) from None
         if not with_empty:
             return None
         text, persistent = None, bool(handle.isPersistent())
-    metadata = parse_metadata(text, f"domain {name!r} at {uri}") if text is not None else None
+    metadata = parse_metadata(text, _source(name, uri)) if text is not None else None
     state: DomainState
     if is_active:
         recorded = metadata.state if metadata is not None else None

@@ -464,9 +464,9 @@ class AgentClient:
                     break  # this round is over: send a fresh sync
                 if waiter.on_event(event):
                     self._synced = True
-                    log.debug("%s: synced (id %d)", self.path, waiter.sync_id)
+                    log.debug("%s: synced (id %d)", shown(self.path), waiter.sync_id)
                     return
-                log.debug("%s: skipped before sync: %r", self.path, event)
+                log.debug("%s: skipped before sync: %r", shown(self.path), event)
 
     def execute(
         self, command: str, arguments: Mapping[str, Any] | None = None, *, timeout: float
@@ -754,10 +754,10 @@ def connect_agent(
         client = AgentClient(brokered, domain=domain, max_line=max_line)
         try:
             client.connect()
-            log.debug("%s: through the broker at %s", domain, brokered)
+            log.debug("%s: through the broker at %s", shown(domain), shown(brokered))
             return client
         except AgentNotConnected as exc:
-            log.debug("%s: broker socket unusable (%s); using QEMU's", domain, exc.detail)
+            log.debug("%s: broker socket unusable (%s); using QEMU's", shown(domain), exc.detail)
     check_agent_socket(qemu_socket, domain, "QEMU socket", uids)
     client = AgentClient(qemu_socket, domain=domain, max_line=max_line)
     client.connect()
