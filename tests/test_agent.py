@@ -714,6 +714,21 @@ def test_send_escapes_the_guests_text_in_its_table(
 NOBODY = 65534
 
 
+def _trusted_owners() -> str:
+    """How trust.check_channel_socket names the users it trusts: root, us, libvirt-qemu."""
+    import pwd
+
+    uids = [0, os.geteuid()]
+    try:
+        uids.append(pwd.getpwnam("libvirt-qemu").pw_uid)
+    except KeyError:
+        pass
+    return " or ".join(f"uid {u}" for u in dict.fromkeys(uids))
+
+
+TRUSTED_OWNERS = _trusted_owners()
+
+
 @pytest.mark.parametrize(
     ("loosen", "mode"),
     [("domain", 0o777), ("domain", 0o1777), ("domain", 0o770), ("rundir", 0o777)],
@@ -753,7 +768,7 @@ def test_send_refuses_a_broker_socket_owned_by_another_user(
     assert (code, out) == (1, "")
     assert err == (
         f"xen-channel: error: broker socket {impostor_path!r}: refusing to use it: "
-        f"it is owned by uid {NOBODY}, not by uid 0\n"
+        f"it is owned by uid {NOBODY}, not by {TRUSTED_OWNERS}\n"
     )
 
 
@@ -778,8 +793,27 @@ def test_send_refuses_a_qemu_socket_owned_by_another_user(
     with guest(qemu):
         code, out, err = send(rundir, "--timeout", "5")
     assert (code, out) == (1, "")
-    assert f"it is owned by uid {NOBODY}, not by uid 0" in err and err.count("\n") == 1
-    assert qemu.connections == 0
+    assert f"it is owned by uid {NOBODY}, not by {TRUSTED_OWNERS}" in err
+    assert err.count("\n") == 1 and qemu.connections == 0
+
+
+def test_send_trusts_a_qemu_socket_owned_by_libvirts_qemu_user(
+    registered: tuple[str, BackendStandin],
+) -> None:
+    """One rule with the qemu-ga commands: under libvirt's QEMU driver QEMU runs as
+    libvirt-qemu and creates its sockets as that user, so send accepts it."""
+    import pwd
+
+    try:
+        qemu_uid = pwd.getpwnam("libvirt-qemu").pw_uid
+    except KeyError:
+        pytest.skip("no libvirt-qemu user on this machine (libvirt-daemon-driver-qemu)")
+    rundir, qemu = registered
+    os.chown(qemu.socket_path, qemu_uid, -1, follow_symlinks=False)
+    with guest(qemu):
+        code, out, err = send(rundir, "--timeout", "5")
+    assert (code, err) == (0, "") and "applied" in out
+    assert qemu.connections == 1
 
 
 def test_send_refuses_a_symlink_at_the_broker_socket_path(

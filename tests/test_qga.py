@@ -60,6 +60,22 @@ from xen_channel_backend.qga import (
 
 pytestmark = pytest.mark.integration
 FAKE = Path(__file__).with_name("fake_agent.py")
+NOBODY = 65534
+
+
+def _trusted_owners() -> str:
+    """How trust.check_channel_socket names the users it trusts: root, us, libvirt-qemu."""
+    import pwd
+
+    uids = [0, os.geteuid()]
+    try:
+        uids.append(pwd.getpwnam("libvirt-qemu").pw_uid)
+    except KeyError:
+        pass
+    return " or ".join(f"uid {u}" for u in dict.fromkeys(uids))
+
+
+TRUSTED_OWNERS = _trusted_owners()
 _T = TypeVar("_T")
 
 
@@ -371,15 +387,41 @@ def test_libvirts_qemu_user_may_own_the_socket(rundir: Path, fakes: Callable[...
     import pwd
 
     try:
-        qemu_uid = pwd.getpwnam(qga.QEMU_USER).pw_uid
+        qemu_uid = pwd.getpwnam("libvirt-qemu").pw_uid
     except KeyError:
         pytest.skip("no libvirt-qemu user on this machine (libvirt-daemon-driver-qemu)")
-    assert qemu_uid in qga.trusted_uids()
     path = register(rundir)
     fakes("silent-shutdown", path)
     os.chown(path, qemu_uid, -1)
     with qga.connect_agent("vm1", rundir=str(rundir)) as agent:
         assert agent.execute("guest-ping", timeout=WAIT) == {}
+
+
+def test_the_cli_refuses_a_socket_owned_by_an_unexpected_user(
+    rundir: Path, fakes: Callable[..., Fake]
+) -> None:
+    """The qemu-ga commands and ``send`` share one rule (trust.check_channel_socket):
+    a socket owned by anyone but root, the caller or libvirt-qemu is refused
+    with one line, and nothing is sent to it."""
+    path = register(rundir)
+    fakes("silent-shutdown", path)
+    os.chown(path, NOBODY, -1, follow_symlinks=False)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["qemu-agent-command", "vm1", '{"execute":"guest-ping"}', "--rundir",
+                 str(rundir)], stdout=out, stderr=err)
+    assert (code, out.getvalue()) == (1, "")
+    assert err.getvalue() == (
+        f"xen-channel: error: QEMU socket {path!r}: refusing to use it: it is owned by "
+        f"uid {NOBODY}, not by {TRUSTED_OWNERS}\n")
+    # A broker socket owned by that user is refused too, with no fallback to QEMU's.
+    os.chown(path, 0, 0, follow_symlinks=False)
+    fakes("silent-shutdown", broker_socket_for(path))
+    os.chown(broker_socket_for(path), NOBODY, -1, follow_symlinks=False)
+    code = main(["qemu-agent-command", "vm1", '{"execute":"guest-ping"}', "--rundir",
+                 str(rundir)], stdout=out, stderr=err)
+    assert code == 1 and err.getvalue().splitlines()[-1].startswith(
+        f"xen-channel: error: broker socket {broker_socket_for(path)!r}: refusing to use it: "
+        f"it is owned by uid {NOBODY}")
 
 
 def test_the_brokers_socket_is_used_when_a_broker_serves_the_channel(

@@ -16,9 +16,7 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import socket
-import stat
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -34,13 +32,12 @@ from .errors import (
     ProtocolViolation,
     UnknownDomain,
     UnsupportedChannel,
-    UntrustedPath,
-    UntrustedSocket,
     XenChannelError,
     escaped,
     shown,
 )
 from .paths import broker_socket_for
+from .trust import check_channel_socket
 
 if TYPE_CHECKING:
     import argparse
@@ -451,49 +448,14 @@ def find_channel_socket(rundir: str, domain: str, channel: str) -> str:
     )
 
 
-def verify_socket(path: str, role: str) -> bool:
-    """Raise UntrustedSocket unless only root (or we) could have bound ``path``.
-
-    ``send`` hands the guest's configuration to whatever listens there and
-    believes its ack, so a socket someone else could have bound (in
-    libvirt's 0777 libxl channel directory, say) would let them read the
-    payload and forge an ``ok``.  The rule is the broker's for its own
-    sockets (broker.check_socket_directory: trust.py's StrictModes rule on
-    the directory and above, the directory itself writable by nobody else),
-    and the socket itself, never followed if a symlink, must be owned by
-    root or by us.  Returns False when nothing is there (yet); the caller
-    verifies again once it has connected.
-    """
-    from .broker import check_socket_directory, trusted_uids
-
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise UntrustedSocket(path, role, f"it cannot be checked ({exc.strerror})") from None
-    try:
-        check_socket_directory(os.path.dirname(path))
-    except UntrustedPath as exc:
-        raise UntrustedSocket(path, role, exc.message()) from None
-    except OSError as exc:
-        reason = f"its directory cannot be checked ({exc.strerror})"
-        raise UntrustedSocket(path, role, reason) from None
-    if not stat.S_ISSOCK(info.st_mode):
-        raise UntrustedSocket(path, role, "it is not a socket (a symlink or another file is there)")
-    uids = trusted_uids()
-    if info.st_uid not in uids:
-        owners = " or ".join(f"uid {uid}" for uid in uids)
-        raise UntrustedSocket(path, role, f"it is owned by uid {info.st_uid}, not by {owners}")
-    return True
-
-
 def connect_trusted(qemu_socket: str, label: str) -> ChannelClient:
     """A connected client: on the broker's consumer socket when a broker serves it, else QEMU's.
 
     QEMU serves one client at a time, so while the broker runs it holds
     QEMU's socket and every other tool must go through the broker.  Both
-    sockets are verified (:func:`verify_socket`) before anything is sent.
+    sockets are verified by the one rule for sockets we are about to trust
+    (trust.check_channel_socket, shared with the qemu-ga commands) before
+    anything is sent.
     An untrusted broker socket is an error, not a reason to fall back: it
     sits in the same directory as QEMU's, which is then untrusted as well.
     Only a broker socket nobody listens on (a broker killed with SIGKILL
@@ -503,7 +465,7 @@ def connect_trusted(qemu_socket: str, label: str) -> ChannelClient:
         brokered: str | None = broker_socket_for(qemu_socket)
     except XenChannelError:
         brokered = None  # no room for one beside this path: the broker never serves it
-    if brokered is not None and verify_socket(brokered, "broker socket"):
+    if brokered is not None and check_channel_socket(brokered, "broker socket"):
         # A live broker accepts at once; only QEMU's socket is worth waiting for.
         client = ChannelClient(brokered, label=label, retries=0)
         try:
@@ -511,11 +473,11 @@ def connect_trusted(qemu_socket: str, label: str) -> ChannelClient:
             return client
         except ChannelUnavailable as exc:
             log.debug("%s: broker socket unusable (%s); using QEMU's", label, exc.detail)
-    verify_socket(qemu_socket, "QEMU socket")
+    check_channel_socket(qemu_socket, "QEMU socket")
     client = ChannelClient(qemu_socket, label=label)
     client.connect()  # retries while QEMU is still creating the socket
     # It may have appeared only during those retries: check what we reached.
-    if not verify_socket(qemu_socket, "QEMU socket"):
+    if not check_channel_socket(qemu_socket, "QEMU socket"):
         client.close()
         raise ChannelUnavailable(qemu_socket, "the socket went away")
     return client
@@ -613,5 +575,4 @@ __all__ = [
     "connect_trusted",
     "find_channel_socket",
     "run_send",
-    "verify_socket",
 ]

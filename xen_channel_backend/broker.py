@@ -1211,13 +1211,15 @@ def trusted_uids() -> tuple[int, ...]:
 def check_socket_directory(directory: str) -> None:
     """Raise UntrustedPath unless only root (or we) could put a socket in ``directory``.
 
-    The rule for every channel socket we bind or talk to (the broker's
-    consumer sockets here, ``send``'s choice of socket in agent.py): the
-    StrictModes rule of trust.py on the directory and everything above it,
-    and, for the directory itself, no write permission for group or others
-    even with the sticky bit.  A sticky directory keeps others from
-    replacing a socket that is there, but not from binding the name first;
-    libvirt's own libxl channel directory (mode 0777) fails this rule.
+    Where the broker binds its consumer sockets: the StrictModes rule of
+    trust.py on the directory and everything above it, and, for the
+    directory itself, no write permission for group or others even with
+    the sticky bit.  A sticky directory keeps others from replacing a
+    socket that is there, but not from binding the name first; libvirt's
+    own libxl channel directory (mode 0777) fails this rule.  Clients about
+    to trust a socket (``send``, the qemu-ga commands) apply the same
+    directory rule through trust.check_channel_socket, which also accepts
+    the user QEMU runs as under libvirt's QEMU driver.
     """
     uids = trusted_uids()
     check_trusted_path(directory, uids=uids)

@@ -46,11 +46,11 @@ I/O.  A broker that shares one agent among consumers runs, per turn::
 Finding the socket (:func:`connect_agent`): the domain's
 ``org.qemu.guest_agent.0`` socket channel from the registry; the broker's
 ``PATH@broker`` when a broker serves it, else QEMU's socket.  Before
-connecting, the socket must be trusted: the directory chain by
-:func:`trust.check_trusted_path` and the socket itself owned by root, or by
-the user QEMU runs as under libvirt's QEMU driver (``libvirt-qemu``, when
-that user exists), since a socket planted by anybody else would receive
-what dom0 sends (passwords) and forge what the guest answers.
+connecting, the socket must pass the one rule ``send`` applies too,
+:func:`trust.check_channel_socket` (owned by root, the caller or
+``libvirt-qemu``, in a directory chain only they can change), since a
+socket planted by anybody else would receive what dom0 sends (passwords)
+and forge what the guest answers.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ import json
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -73,8 +72,6 @@ from .errors import (
     AgentTimeout,
     InputError,
     UnknownDomain,
-    UntrustedPath,
-    UntrustedSocket,
     XenChannelError,
     shown,
 )
@@ -99,8 +96,6 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: First interval between repeated syncs (doubling): an agent that opens its
 #: tty just after our sync was written flushes it unread.
 DEFAULT_SYNC_INTERVAL: Final = 1.0
-#: The user QEMU runs as under libvirt's QEMU driver on Debian.
-QEMU_USER: Final = "libvirt-qemu"
 #: Compact, ASCII-only: a request can never contain a raw newline.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 #: Commands the client issues itself around every request.
@@ -628,70 +623,6 @@ def _command_name(request: Mapping[str, Any]) -> str:
 # --- finding and trusting the socket -------------------------------------------
 
 
-def trusted_uids() -> tuple[int, ...]:
-    """Who may own the agent's socket and the directories above it.
-
-    root; we (as for ``send``); and the user QEMU runs as under libvirt's
-    QEMU driver (``libvirt-qemu``) when that user exists, since such a QEMU
-    creates its channel sockets, and libvirt its channel directories, as
-    that user.  Xen's device model runs as root.
-    """
-    import pwd
-
-    uids = [0, os.geteuid()]
-    try:
-        uids.append(pwd.getpwnam(QEMU_USER).pw_uid)
-    except KeyError:
-        pass
-    return tuple(dict.fromkeys(uids))
-
-
-def check_agent_socket(
-    path: str, domain: str, role: str = "QEMU socket", uids: tuple[int, ...] | None = None
-) -> None:
-    """Raise unless ``path`` is a socket that only trusted users could have put there.
-
-    The rule ``send`` applies to its sockets (agent.verify_socket): the
-    directory chain by trust.py's StrictModes rule, the socket's own
-    directory writable by nobody else (a sticky directory stops others from
-    replacing a socket, not from binding its name first), and the socket
-    itself, never followed if a symlink, owned by a trusted user.  Its mode
-    bits are not checked: they say who may connect, not who may replace it.
-    Trusted users are :func:`trusted_uids` unless ``uids`` is given.
-    A missing socket is AgentNotConnected (the domain is not running);
-    anything untrusted is UntrustedSocket naming the path at fault.
-    """
-    from .trust import check_trusted_path
-
-    allowed = trusted_uids() if uids is None else uids
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        raise AgentNotConnected(
-            domain, f"no socket at {shown(path)} (is the domain running?)"
-        ) from None
-    except OSError as exc:
-        raise UntrustedSocket(path, role, f"it cannot be checked ({exc.strerror})") from None
-    directory = os.path.dirname(path) or "/"
-    try:
-        check_trusted_path(directory, uids=allowed)
-        mode = stat.S_IMODE(os.stat(directory).st_mode)
-    except UntrustedPath as exc:
-        raise UntrustedSocket(path, role, exc.message()) from None
-    except OSError as exc:
-        reason = f"its directory cannot be checked ({exc.strerror})"
-        raise UntrustedSocket(path, role, reason) from None
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UntrustedSocket(
-            path, role, f"its directory is writable by group or others (mode {mode:04o})"
-        )
-    if not stat.S_ISSOCK(info.st_mode):
-        raise UntrustedSocket(path, role, "it is not a socket (a symlink or another file is there)")
-    if info.st_uid not in allowed:
-        owners = " or ".join(f"uid {u}" for u in allowed)
-        raise UntrustedSocket(path, role, f"it is owned by uid {info.st_uid}, not by {owners}")
-
-
 def lookup_domain(registry: Registry, domain: str) -> DomainRecord:
     """The one place that resolves a DOMAIN argument (a name or a UUID) to its record.
 
@@ -743,14 +674,14 @@ def connect_agent(
     to QEMU's socket, which that broker no longer holds.
     """
     from .paths import broker_socket_for
+    from .trust import check_channel_socket
 
     qemu_socket = agent_socket_path(domain, rundir=rundir)
     try:
         brokered: str | None = broker_socket_for(qemu_socket)
     except XenChannelError:
         brokered = None
-    if brokered is not None and os.path.lexists(brokered):
-        check_agent_socket(brokered, domain, "broker socket", uids)
+    if brokered is not None and check_channel_socket(brokered, "broker socket", uids=uids):
         client = AgentClient(brokered, domain=domain, max_line=max_line)
         try:
             client.connect()
@@ -758,7 +689,10 @@ def connect_agent(
             return client
         except AgentNotConnected as exc:
             log.debug("%s: broker socket unusable (%s); using QEMU's", shown(domain), exc.detail)
-    check_agent_socket(qemu_socket, domain, "QEMU socket", uids)
+    if not check_channel_socket(qemu_socket, "QEMU socket", uids=uids):
+        raise AgentNotConnected(
+            domain, f"no socket at {shown(qemu_socket)} (is the domain running?)"
+        )
     client = AgentClient(qemu_socket, domain=domain, max_line=max_line)
     client.connect()
     return client
@@ -774,7 +708,6 @@ __all__ = [
     "Reply",
     "SyncWaiter",
     "agent_socket_path",
-    "check_agent_socket",
     "connect_agent",
     "decode_reply",
     "encode_command",
@@ -782,5 +715,4 @@ __all__ = [
     "lookup_domain",
     "new_sync_id",
     "sync_request",
-    "trusted_uids",
 ]

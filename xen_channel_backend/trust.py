@@ -70,3 +70,63 @@ def _check_component(path: str, info: os.stat_result, uids: tuple[int, ...]) -> 
         who = "group and others" if writable == stat.S_IWGRP | stat.S_IWOTH else (
             "group" if writable & stat.S_IWGRP else "others")
         raise UntrustedPath(path, f"is writable by {who} (mode {mode:04o})")
+
+
+def check_channel_socket(path: str, role: str, *, uids: tuple[int, ...] | None = None) -> bool:
+    """Raise UntrustedSocket unless only a trusted user could have bound the socket at ``path``.
+
+    The one rule for a channel socket a client is about to trust (``send``
+    in agent.py, the qemu-ga commands in qga.py; ``role`` names it in the
+    error: ``broker socket``, ``QEMU socket``).  Such a socket receives what
+    dom0 sends (configs, passwords) and its answers are believed, so:
+
+    - the directory holding it, and every directory above, pass
+      :func:`check_trusted_path`;
+    - that directory itself is writable by nobody else, sticky or not: the
+      sticky bit keeps others from replacing a socket, not from binding its
+      name first (libvirt's own libxl channel directory is 0777);
+    - the socket, looked at with ``lstat`` (a symlink is refused, never
+      followed), is a socket owned by a trusted user.
+
+    Trusted users (``uids`` unless given): root; the caller; and the user
+    libvirt's QEMU driver runs QEMU as, ``libvirt-qemu`` (Debian's), when
+    it exists, since that QEMU creates its channel sockets, and libvirt the
+    channel directories, as that user.  Xen's device model runs as root.
+    The socket's mode bits are not checked: they say who may connect, not
+    who may replace it.  Returns False when nothing is at ``path`` (yet).
+    """
+    from .errors import UntrustedSocket
+
+    if uids is None:
+        import pwd
+
+        found = [0, os.geteuid()]
+        try:
+            found.append(pwd.getpwnam("libvirt-qemu").pw_uid)
+        except KeyError:
+            pass
+        uids = tuple(dict.fromkeys(found))
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise UntrustedSocket(path, role, f"it cannot be checked ({exc.strerror})") from None
+    directory = os.path.dirname(path) or "/"
+    try:
+        check_trusted_path(directory, uids=uids)
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+    except UntrustedPath as exc:
+        raise UntrustedSocket(path, role, exc.message()) from None
+    except OSError as exc:
+        reason = f"its directory cannot be checked ({exc.strerror})"
+        raise UntrustedSocket(path, role, reason) from None
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        loose = UntrustedPath(directory, f"is writable by group or others (mode {mode:04o})")
+        raise UntrustedSocket(path, role, loose.message())
+    if not stat.S_ISSOCK(info.st_mode):
+        raise UntrustedSocket(path, role, "it is not a socket (a symlink or another file is there)")
+    if info.st_uid not in uids:
+        owners = " or ".join(f"uid {u}" for u in uids)
+        raise UntrustedSocket(path, role, f"it is owned by uid {info.st_uid}, not by {owners}")
+    return True
