@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import pytest
 from broker_fixtures import write_record
 from qga_fixtures import agent_domain, short_base
-from waiting import WAIT
+from waiting import WAIT, wait_for
 
 from xen_channel_backend import qga
 from xen_channel_backend.cli import main
@@ -433,6 +433,45 @@ def test_the_brokers_socket_is_used_when_a_broker_serves_the_channel(
     with qga.connect_agent("vm1", rundir=str(rundir)) as agent:
         assert agent.path == broker_socket_for(path)
         assert agent.execute("guest-ping", timeout=WAIT) == {}
+
+
+@pytest.mark.parametrize("mode, kind, detail", [
+    ("silent", AgentNotConnected, "is not connected: the xen-channel broker at "),
+    ("huge-line", AgentProtocolError, "': the xen-channel broker at "),
+])
+def test_the_brokers_own_errors_are_not_reported_as_the_guests(
+    rundir: Path, fakes: Callable[..., Fake], mode: str, kind: type[Exception], detail: str
+) -> None:
+    """The broker answers for the guest in qemu-ga's error shape ("GenericError",
+    "xen-channel broker: ...") when qemu-ga does not sync or its answer is too
+    big.  The client says so instead of "'guest-info' failed: 'GenericError'"."""
+    import threading
+
+    from xen_channel_backend.broker import Broker
+
+    path = register(rundir)
+    fakes(mode, path)
+    broker = Broker(str(rundir), poll_interval=0.05, agent_sync_timeout=0.5, agent_timeout=5)
+    thread = threading.Thread(target=broker.run)
+    thread.start()
+    try:
+        wait_for(lambda: os.path.exists(broker_socket_for(path)), "the broker's socket")
+        with pytest.raises(kind) as caught, qga.connect_agent("vm1", rundir=str(rundir)) as agent:
+            assert agent.path == broker_socket_for(path)
+            agent.execute("guest-info", timeout=WAIT)
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["qemu-agent-command", "vm1", '{"execute":"guest-info"}', "--rundir",
+                     str(rundir)], stdout=out, stderr=err)
+    finally:
+        broker.stop()
+        thread.join(WAIT)
+    assert not isinstance(caught.value, AgentError)
+    assert (code, out.getvalue()) == (1, "")
+    line = err.getvalue()
+    assert line == f"xen-channel: error: {caught.value.message()}\n"
+    assert detail + repr(broker_socket_for(path)) in line and "GenericError" not in line
+    if mode == "silent":
+        assert "qemu-ga did not answer guest-sync-delimited within 0.5 s" in line
 
 
 def test_a_dead_brokers_socket_sends_us_to_qemus(rundir: Path, fakes: Callable[..., Fake]) -> None:

@@ -969,7 +969,7 @@ class Broker:
                     self.agent_sync_timeout, shown(agent.command), fate,
                 )
                 self._agent_answer(consumer, _agent_error(
-                    f"qemu-ga did not answer guest-sync-delimited within "
+                    f"{qga.BROKER_NO_SYNC} within "
                     f"{self.agent_sync_timeout:g} s (is it running in the guest?); "
                     f"{agent.command} {fate}"
                 ))
@@ -1184,8 +1184,12 @@ def _checked(item: bytes | FrameError) -> bytes | str:
 
 
 def _agent_error(desc: str) -> bytes:
-    """An answer in qemu-ga's error shape, from the broker itself (never the guest's)."""
-    body = {"error": {"class": "GenericError", "desc": "xen-channel broker: " + desc}}
+    """An answer in qemu-ga's error shape, from the broker itself (never the guest's).
+
+    qga.AgentClient tells it from the guest's by the prefix (and a failed
+    sync by qga.BROKER_NO_SYNC), so the CLI does not blame the guest.
+    """
+    body = {"error": {"class": "GenericError", "desc": qga.BROKER_ERROR_PREFIX + desc}}
     return json.dumps(body, ensure_ascii=True).encode("ascii") + b"\n"
 
 

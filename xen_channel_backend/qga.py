@@ -73,6 +73,7 @@ from .errors import (
     InputError,
     UnknownDomain,
     XenChannelError,
+    escaped,
     shown,
 )
 
@@ -96,6 +97,11 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: First interval between repeated syncs (doubling): an agent that opens its
 #: tty just after our sync was written flushes it unread.
 DEFAULT_SYNC_INTERVAL: Final = 1.0
+#: The broker answers for the guest, in qemu-ga's error shape (class
+#: GenericError), with a description starting with this; and with
+#: BROKER_NO_SYNC after it when qemu-ga did not answer the broker's sync.
+BROKER_ERROR_PREFIX: Final = "xen-channel broker: "
+BROKER_NO_SYNC: Final = "qemu-ga did not answer guest-sync-delimited"
 #: Compact, ASCII-only: a request can never contain a raw newline.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 #: Commands the client issues itself around every request.
@@ -357,6 +363,12 @@ class AgentClient:
     takes its own ``timeout`` (seconds) for each phase: the sync, when one
     is needed, and the request.  Not thread-safe: one request at a time,
     like the agent itself.
+
+    ``through_broker``: ``path`` is the broker's consumer socket.  The
+    broker's own errors (qemu-ga's shape, BROKER_ERROR_PREFIX) are then
+    raised as AgentNotConnected (qemu-ga did not sync) or
+    AgentProtocolError, not as the guest's AgentError.  On QEMU's socket
+    nothing but the guest answers, so there such text is the guest's.
     """
 
     def __init__(
@@ -367,9 +379,11 @@ class AgentClient:
         max_line: int = DEFAULT_MAX_LINE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        through_broker: bool = False,
     ) -> None:
         self.path = path
         self.domain = domain if domain is not None else path
+        self.through_broker = through_broker
         self.connect_timeout = connect_timeout
         self.sync_interval = sync_interval
         self._reader = LineReader(max_line)
@@ -534,6 +548,13 @@ class AgentClient:
     def _checked(self, command: str, reply: Reply) -> Reply:
         if reply.ok:
             return reply
+        if (self.through_broker and reply.error_class == "GenericError"
+                and reply.description.startswith(BROKER_ERROR_PREFIX)):
+            said = reply.description[len(BROKER_ERROR_PREFIX):]
+            detail = f"the xen-channel broker at {shown(self.path)} says: {escaped(said)}"
+            if said.startswith(BROKER_NO_SYNC):
+                raise AgentNotConnected(self.domain, detail)
+            raise AgentProtocolError(self.domain, detail)
         if reply.disabled:
             raise AgentCommandDisabled(self.domain, command, reply.error_class, reply.description)
         raise AgentError(self.domain, command, reply.error_class, reply.description)
@@ -682,7 +703,7 @@ def connect_agent(
     except XenChannelError:
         brokered = None
     if brokered is not None and check_channel_socket(brokered, "broker socket", uids=uids):
-        client = AgentClient(brokered, domain=domain, max_line=max_line)
+        client = AgentClient(brokered, domain=domain, max_line=max_line, through_broker=True)
         try:
             client.connect()
             log.debug("%s: through the broker at %s", shown(domain), shown(brokered))
@@ -700,6 +721,8 @@ def connect_agent(
 
 __all__ = [
     "AGENT_CHANNEL",
+    "BROKER_ERROR_PREFIX",
+    "BROKER_NO_SYNC",
     "AgentClient",
     "Line",
     "LineReader",
