@@ -33,7 +33,8 @@ GOAL = 1.2
 def domain(index: int, rundir: str, tag: str = "d") -> DomainRecord:
     uuid = str(uuidlib.UUID(int=(1 if tag == "d" else 2) << 64 | index))
     channels = tuple(
-        ChannelRecord(Channel(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}", target=Target.XEN), created_dir=True)
+        ChannelRecord(Channel(name, Connection.SOCKET, f"{rundir}/{uuid}/{name}",
+                              target=Target.XEN), created_dir=True)
         for name in ("org.qemu.guest_agent.0", "org.example.config.0")
     )
     return DomainRecord(uuid, f"{tag}{index}", "qemu", PREPARING, channels)

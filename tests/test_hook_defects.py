@@ -140,7 +140,8 @@ def test_orphan_claims_are_listed_and_released_only_without_a_record(host: HookH
 def test_the_largest_allowed_record_fits_the_read_limit() -> None:
     path = "/" + "\u00e9" * 53  # 107 bytes of characters JSON escapes to 6 bytes each
     channels = tuple(
-        ChannelRecord(Channel(f"{i:04d}" + "n" * 96, Connection.SOCKET, path, target=Target.XEN), created_dir=True)
+        ChannelRecord(Channel(f"{i:04d}" + "n" * 96, Connection.SOCKET, path,
+                              target=Target.XEN), created_dir=True)
         for i in range(MAX_CHANNELS)
     )
     record = DomainRecord(new_uuid(), "d" * 1000, "libxl", "running", channels)

@@ -26,7 +26,7 @@ API (for tests under tests/integration/)::
     daemon.hooks_dir                # "/etc/libvirt/hooks" (fixed for a system daemon)
     daemon.virsh("list", "--all")   # CompletedProcess (text); check=True by default
     daemon.pid                      # the running libvirtd's pid
-    daemon.sighup()                 # re-read hooks (background.md §1: hooks are found at start or SIGHUP)
+    daemon.sighup()                 # re-read hooks (found at start or SIGHUP, background.md §1)
     daemon.restart()                # SIGTERM, wait, start again; running domains survive
     daemon.kill9()                  # SIGKILL; domains survive; start() brings it back
     daemon.stop()                   # destroy+undefine our test domains, stop,
