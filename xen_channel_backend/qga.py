@@ -61,8 +61,6 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
 
 from .errors import (
     AgentCommandDisabled,
@@ -77,7 +75,13 @@ from .errors import (
     shown,
 )
 
+# Not typing's: qemu-agent-command imports this module on every call (typing
+# costs more than the command's own work).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Any, Final
+
     from .registry import DomainRecord, Registry
 
 log = logging.getLogger(__name__)
