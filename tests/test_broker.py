@@ -272,6 +272,23 @@ def test_the_broker_serves_the_registrys_own_channel_records(rundir: Path) -> No
     assert (served_agent.channel, served_agent.agent) == (agent, True)
 
 
+def test_a_start_recorded_by_the_shim_alone_is_served(
+    rundir: Path, broker: BrokerProcess
+) -> None:
+    """A settled domain's started hook is a shell redirection creating
+    registry/started/<uuid> (registry.mark_settled): its record still says
+    preparing and its file does not change, yet the broker serves it."""
+    paths = write_record(rundir, UUID_A, "vm-a", [CHANNEL], state="preparing")
+    Registry(str(rundir)).mark_settled(UUID_A, True)
+    with BackendStandin(paths[CHANNEL]):
+        broker.wait_log("watching registry")
+        time.sleep(0.3)  # a poll or two of the registry with the domain preparing
+        assert not os.path.exists(broker_socket_for(paths[CHANNEL]))
+        # What the shim does for 'started begin': : > "$rundir/registry/started/$uuid"
+        (rundir / "registry" / "started" / UUID_A).touch()
+        broker.wait_log("domain 'vm-a' channel 'org.example.agent.0': serving consumers")
+
+
 def test_domains_that_are_not_running_or_libvirt_owned_are_not_served(
     rundir: Path, broker: BrokerProcess
 ) -> None:

@@ -237,26 +237,30 @@ class RegistryWatcher:
 
     inotify is not in the standard library, and a ctypes binding is more
     code to get wrong than a once-a-second ``stat``.  Records are replaced
-    by rename (atomic_write), which always changes the directory's
-    mtime, so one stat per poll notices every start and stop; the broker
-    re-reads records only then.  A second of delay is harmless: QEMU has
+    by rename (atomic_write), and the shim records a settled domain's start
+    by creating a marker in a directory of its own; both change their
+    directory's mtime, so a stat of each directory per poll notices every
+    start and stop; the broker re-reads records only then.  A second of delay is harmless: QEMU has
     just created the socket and the guest agent is still booting.
     """
 
-    def __init__(self, directory: str) -> None:
-        self.directory = directory
-        self._seen: tuple[int, int, int] | None = None
+    def __init__(self, *directories: str) -> None:
+        self.directories = directories
+        self._seen: tuple[tuple[int, int, int], ...] | None = None
 
     def changed(self) -> bool:
-        try:
-            st = os.stat(self.directory)
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-        except FileNotFoundError:
-            stamp = (0, 0, 0)
+        stamps = []
+        for directory in self.directories:
+            try:
+                st = os.stat(directory)
+                stamps.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+            except FileNotFoundError:
+                stamps.append((0, 0, 0))
+        stamp = tuple(stamps)
         # The kernel stamps mtime from a coarse clock (one tick, 1-10 ms), so a
         # second rename within the tick of our last stat leaves the same
         # mtime; while the stamp is that fresh, look again on the next poll.
-        fresh = time.time_ns() - stamp[1] < _FRESH_NS
+        fresh = any(time.time_ns() - s[1] < _FRESH_NS for s in stamp)
         if stamp == self._seen and not fresh:
             return False
         self._seen = stamp
@@ -412,7 +416,11 @@ class Broker:
         # Agent-mode links with a turn in progress: the only ones with timers.
         self._agent_links: set[_Link] = set()
         self.registry = Registry(rundir)
-        self.watcher = RegistryWatcher(self.registry.records_dir)
+        # A settled domain's start is recorded by the shim alone, as a marker
+        # in registry/started/ (registry.mark_settled): its record file does
+        # not change, so that directory is watched too.
+        self.watcher = RegistryWatcher(
+            self.registry.records_dir, os.path.join(self.registry.base, "started"))
         self._registry_problem: str | None = None
         self.links: dict[tuple[str, str], _Link] = {}
         self._by_consumer_path: dict[str, _Link] = {}
