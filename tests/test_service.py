@@ -74,9 +74,58 @@ def test_only_the_journal_stream_itself_gets_prefixes(tmp_path: Path) -> None:
 
 
 def test_every_line_of_a_record_carries_the_prefix() -> None:
-    formatter = service.PriorityFormatter("xen-channel: %(message)s")
+    formatter = service.priority_formatter("xen-channel: %(message)s")
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "a\nb", None, None)
     assert formatter.format(record) == "<4>xen-channel: a\n<4>b"
+
+
+#: Run in a fresh interpreter (-I -S, the package first on sys.path): pytest has
+#: imported logging long before any test here could see it arrive.
+_ON_IMPORT = """
+import io, sys
+sys.path.insert(0, sys.argv[1])
+from xen_channel_backend import service
+out = io.StringIO()
+with service.LoggingOnImport(out, "p: %(message)s", debug=sys.argv[2] == "debug"):
+    print("before:", "logging" in sys.modules)
+    import logging  # as a module imported halfway through a command would
+    print("own loader:", type(logging.__loader__).__name__,
+          type(logging.__spec__.loader).__name__)
+    logging.getLogger("x").debug("debug %d", 1)
+    logging.getLogger("x").info("info %d", 2)
+print("waiting after:", [f for f in sys.meta_path if isinstance(f, service.LoggingOnImport)])
+print(out.getvalue(), end="")
+"""
+
+
+def _on_import(debug: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _ON_IMPORT,
+                           str(Path(service.__file__).parent.parent), debug],
+                          capture_output=True, text=True, check=True, timeout=TIMEOUT)
+    assert done.stderr == ""
+    return done.stdout.splitlines()
+
+
+def test_logging_is_configured_when_first_imported() -> None:
+    """A command that never imports logging does not pay for it; one that does logs as before."""
+    assert _on_import("quiet") == [
+        "before: False",
+        "own loader: SourceFileLoader SourceFileLoader",
+        "waiting after: []",
+        "p: info 2",
+    ]
+
+
+def test_debug_configures_logging_at_once() -> None:
+    # --debug: configured (and imported) before the command runs, so a module
+    # may skip its debug records while logging is not imported at all.
+    assert _on_import("debug") == [
+        "before: True",
+        "own loader: SourceFileLoader SourceFileLoader",
+        "waiting after: []",
+        "p: debug 1",
+        "p: info 2",
+    ]
 
 
 def test_notify_without_systemd_is_a_no_op() -> None:

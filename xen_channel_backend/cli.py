@@ -1,26 +1,57 @@
 """``xen-channel``: argument parsing and dispatch, nothing else.
 
-Each subcommand is declared here and handled by ``module:function(args,
-streams) -> int`` in the module that owns the job; the module is imported only
-when its subcommand runs, so ``xen-channel list`` never pays for lxml or
-libvirt.  Exit codes: 0 success, 1 bad input or failed operation, 2 usage.
+Each subcommand is a row of :data:`COMMANDS` and is handled by
+``module:function(args, streams) -> int`` in the module that owns the job;
+the module is imported only when its subcommand runs, so ``xen-channel
+list`` never pays for lxml or libvirt.  Exit codes: 0 success, 1 bad input
+or failed operation, 2 usage.
+
+Start-up is every command's fixed cost (a script calls ``qemu-agent-command``
+in a loop), so :func:`main` builds the parser of the one subcommand being
+run: the top-level ``--help`` and an unknown command's error still name
+every subcommand, from :data:`COMMANDS` alone.  :func:`build_parser` builds
+them all, for the man pages and the tests that walk the parsers.  Nothing
+here imports typing, dataclasses, logging or shutil (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
+import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import IO, Any, NoReturn
 
 from . import __version__
 from .console import PROG, Streams
 from .errors import UsageError, XenChannelError
-from .service import configure_logging
+from .service import LoggingOnImport
 
-Handler = Callable[[argparse.Namespace, Streams], int]
+TYPE_CHECKING = False  # not typing's: see the module docstring
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import IO, Any, NoReturn
+
+    Handler = Callable[[argparse.Namespace, Streams], int]
+    AddArguments = Callable[[argparse.ArgumentParser], None]
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
+
+
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``, without importing shutil (bz2, lzma...)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    stdout = sys.__stdout__
+    try:
+        if stdout is not None:
+            return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        pass  # closed, detached or not a terminal
+    return 80
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -29,6 +60,14 @@ class _HelpFormatter(argparse.HelpFormatter):
     Options added later get this for free; an option without a default (None)
     must say in its own words what happens without it (tests/test_cli_help.py).
     """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        # argparse sizes a formatter for every add_argument() call, importing
+        # shutil for it; the width it would compute, computed here.
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -52,6 +91,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+# --- the subcommands' arguments -----------------------------------------------------
+
+
 def _rundir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rundir", metavar="DIR",
@@ -67,22 +109,7 @@ def _connect(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Xen PV channels for libvirt hosts.",
-                     formatter_class=_HelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="log debug details to stderr")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
-                        help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    def command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=_HelpFormatter)
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command("convert", "convert:run", "convert channels between libvirt XML and xl.cfg")
+def _convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", required=True, choices=("xl", "libvirt"),
                    help="output side: an xl.cfg channel line, or libvirt <channel> XML")
     p.add_argument("input", metavar="FILE",
@@ -94,20 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retarget-virtio", action="store_true",
                    help="turn virtio unix/pty channels into Xen channels")
 
-    p = command("fill", "allocate:run_fill", "allocate socket paths for a domain's channels")
+
+def _fill(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("input", metavar="DOMAIN.xml", help="domain XML; - for stdin")
     p.add_argument("--all-targets", action="store_true", help="also allocate virtio channels")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="write to FILE atomically (default: standard output)")
 
-    p = command("define", "allocate:run_define", "fill a domain, then define it in libvirt")
+
+def _define(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     _connect(p)
     p.add_argument("input", metavar="DOMAIN.xml", help="domain XML; - for stdin")
     p.add_argument("--all-targets", action="store_true", help="also allocate virtio channels")
 
-    p = command("list", "inventory:run_list", "list domains with registered channels")
+
+def _list(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--connect", "-c", metavar="URI", action="append",
@@ -120,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long each host may take to answer (default 30)")
 
-    p = command("show", "inventory:run_show", "show one domain's channels")
+
+def _show(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -130,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long the host may take to answer (default 30)")
 
-    p = command("install-hooks", "install:run_install_hooks", "install the libvirt hook shims")
+
+def _install_hooks(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
                    help="libvirt's hooks directory")
     p.add_argument("--uninstall", action="store_true", help="remove our shims")
@@ -139,13 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "environment, so $XEN_CHANNEL_CONFIG cannot reach them; default: "
                         "/etc/xen-channel/xen-channel.conf)")
 
-    p = command("doctor", "doctor:run", "check this host's set-up")
+
+def _doctor(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("--hooks-dir", default="/etc/libvirt/hooks", metavar="DIR",
                    help="libvirt's hooks directory")
 
-    p = command("monitor", "monitor:run",
-                "follow libvirt events; keep metadata and registry current")
+
+def _monitor(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     _connect(p)
     p.add_argument("--reconcile-interval", type=float, default=60.0, metavar="SECONDS",
@@ -155,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "state, host name, OS and addresses in the live metadata (default: "
                         "off)")
 
-    p = command("send", "agent:run_send", "push a configuration to a guest and wait for its ack")
+
+def _send(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     p.add_argument("channel", metavar="CHANNEL", help="channel name")
@@ -164,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for the guest's acknowledgement")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command("broker", "broker:run_broker", "share each channel socket among local consumers")
+
+def _broker(p: argparse.ArgumentParser) -> None:
     _rundir(p)
     p.add_argument("--group", metavar="GROUP",
                    help="group owning the consumer sockets (default: group = in the settings "
@@ -172,30 +207,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
                    help="seconds between looks at the registry")
 
-    _guest_agent_commands(command)
-    return parser
+
+# virsh's guest-agent commands, through qemu-ga on org.qemu.guest_agent.0 (guestcmds.py):
+# each takes a domain, --timeout and --json before its own arguments.
 
 
-def _guest_agent_commands(command: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
-    """virsh's guest-agent commands, through qemu-ga on org.qemu.guest_agent.0 (guestcmds.py)."""
-
-    def agent_command(name: str, handler: str, help_text: str) -> argparse.ArgumentParser:
-        p = command(name, f"guestcmds:{handler}", help_text)
+def _agent(own: AddArguments | None = None) -> AddArguments:
+    def add(p: argparse.ArgumentParser) -> None:
         _rundir(p)
         p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
         p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                        help="seconds to wait for the agent, per phase (sync, then command)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
+        if own is not None:
+            own(p)
 
-    p = agent_command("qemu-agent-command", "run_qemu_agent_command",
-                      "send a raw command to the guest's qemu-guest-agent")
+    return add
+
+
+def _qemu_agent_command(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", metavar="JSON", nargs="+",
                    help='the request, e.g. \'{"execute":"guest-info"}\'')
     p.add_argument("--pretty", action="store_true", help="indent the JSON reply")
 
-    p = agent_command("domifaddr", "run_domifaddr",
-                      "show the guest's interface addresses, as its agent reports them")
+
+def _domifaddr(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", metavar="NAME",
                    help="only this interface (default: all)")
     p.add_argument("--full", action="store_true",
@@ -203,27 +239,27 @@ def _guest_agent_commands(command: Callable[[str, str, str], argparse.ArgumentPa
     p.add_argument("--source", choices=("agent",), default="agent",
                    help="where addresses come from; only the agent is available here")
 
-    p = agent_command("guestinfo", "run_guestinfo",
-                      "show what the guest agent reports (libvirt's typed-parameter keys)")
+
+def _guestinfo(p: argparse.ArgumentParser) -> None:
     for flag, what in (("--user", "logged-in users"), ("--os", "operating system"),
                        ("--timezone", "time zone"), ("--hostname", "host name"),
                        ("--filesystem", "filesystems"), ("--disk", "disks"),
                        ("--interface", "network interfaces")):
         p.add_argument(flag, action="store_true", help=f"report {what} (none given: all)")
 
-    p = agent_command("domfsfreeze", "run_domfsfreeze", "freeze the guest's filesystems")
+
+def _domfsfreeze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mountpoint", action="append", metavar="PATH",
                    help="freeze only this mount point (repeatable; default: every filesystem)")
 
-    p = agent_command("domfsthaw", "run_domfsthaw", "thaw the guest's frozen filesystems")
+
+def _domfsthaw(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mountpoint", action="append", metavar="PATH",
                    help="refused, as by libvirt: qemu-ga thaws every frozen filesystem "
                         "(default: all)")
 
-    agent_command("domfsinfo", "run_domfsinfo", "list the guest's mounted filesystems")
 
-    p = agent_command("set-user-password", "run_set_user_password",
-                      "set a guest user's password (read from a file or stdin, never argv)")
+def _set_user_password(p: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="USER", help="the guest account")
     p.add_argument("--password-file", metavar="FILE",
                    help="read the password from FILE, - for stdin (default: prompt on a "
@@ -231,7 +267,8 @@ def _guest_agent_commands(command: Callable[[str, str, str], argparse.ArgumentPa
     p.add_argument("--encrypted", action="store_true",
                    help="the password is already a crypt(3) hash")
 
-    p = agent_command("domtime", "run_domtime", "get or set the guest's clock")
+
+def _domtime(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--now", action="store_true", help="set it to this host's time")
     group.add_argument("--sync", action="store_true",
@@ -240,13 +277,125 @@ def _guest_agent_commands(command: Callable[[str, str, str], argparse.ArgumentPa
                        help="set it to EPOCH seconds (default: only read the time)")
     p.add_argument("--pretty", action="store_true", help="print the time as a UTC date")
 
-    for name, what in (("shutdown", "shut down"), ("reboot", "reboot")):
-        p = agent_command(name, f"run_{name}", f"{what} the guest through its agent")
-        p.add_argument("--mode", required=True, choices=("agent",),
-                       help="how; only agent (qemu-ga's guest-shutdown) is available here")
+
+def _power(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", required=True, choices=("agent",),
+                   help="how; only agent (qemu-ga's guest-shutdown) is available here")
+
+
+#: (name, "module:function" handling it, one-line help, adds its arguments), in
+#: the order --help and the man page list them.
+COMMANDS: tuple[tuple[str, str, str, AddArguments], ...] = (
+    ("convert", "convert:run", "convert channels between libvirt XML and xl.cfg", _convert),
+    ("fill", "allocate:run_fill", "allocate socket paths for a domain's channels", _fill),
+    ("define", "allocate:run_define", "fill a domain, then define it in libvirt", _define),
+    ("list", "inventory:run_list", "list domains with registered channels", _list),
+    ("show", "inventory:run_show", "show one domain's channels", _show),
+    ("install-hooks", "install:run_install_hooks", "install the libvirt hook shims",
+     _install_hooks),
+    ("doctor", "doctor:run", "check this host's set-up", _doctor),
+    ("monitor", "monitor:run", "follow libvirt events; keep metadata and registry current",
+     _monitor),
+    ("send", "agent:run_send", "push a configuration to a guest and wait for its ack", _send),
+    ("broker", "broker:run_broker", "share each channel socket among local consumers",
+     _broker),
+    ("qemu-agent-command", "guestcmds:run_qemu_agent_command",
+     "send a raw command to the guest's qemu-guest-agent", _agent(_qemu_agent_command)),
+    ("domifaddr", "guestcmds:run_domifaddr",
+     "show the guest's interface addresses, as its agent reports them", _agent(_domifaddr)),
+    ("guestinfo", "guestcmds:run_guestinfo",
+     "show what the guest agent reports (libvirt's typed-parameter keys)", _agent(_guestinfo)),
+    ("domfsfreeze", "guestcmds:run_domfsfreeze", "freeze the guest's filesystems",
+     _agent(_domfsfreeze)),
+    ("domfsthaw", "guestcmds:run_domfsthaw", "thaw the guest's frozen filesystems",
+     _agent(_domfsthaw)),
+    ("domfsinfo", "guestcmds:run_domfsinfo", "list the guest's mounted filesystems", _agent()),
+    ("set-user-password", "guestcmds:run_set_user_password",
+     "set a guest user's password (read from a file or stdin, never argv)",
+     _agent(_set_user_password)),
+    ("domtime", "guestcmds:run_domtime", "get or set the guest's clock", _agent(_domtime)),
+    ("shutdown", "guestcmds:run_shutdown", "shut down the guest through its agent",
+     _agent(_power)),
+    ("reboot", "guestcmds:run_reboot", "reboot the guest through its agent", _agent(_power)),
+)
+
+
+# --- the parser -----------------------------------------------------------------------
+
+
+class _Commands(_SubParsers):
+    """The subcommands, each parser built when its command is the one run.
+
+    argparse looks a subcommand up in ``choices`` (is it one?) and in its
+    name -> parser map (parse the rest) only in :meth:`__call__`; listing them
+    in --help takes their names and help texts.  So until a parser is needed,
+    ``choices`` maps the name to None and the help text is all there is.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[str, tuple[str, str, AddArguments]] = {}
+        self.choices: dict[str, Any] = {}
+
+    def add_command(self, name: str, handler: str, help_text: str,
+                    add_arguments: AddArguments) -> None:
+        # What add_parser(name, help=...) records for --help, without the parser.
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help_text))
+        self._pending[name] = (handler, help_text, add_arguments)
+        self.choices[name] = None
+
+    def build(self, name: str) -> argparse.ArgumentParser:
+        """The parser of ``name``, exactly what ``add_parser`` would have made."""
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            handler, help_text, add_arguments = pending
+            parser = self._parser_class(prog=f"{self._prog_prefix} {name}",
+                                        description=help_text,
+                                        formatter_class=_HelpFormatter)
+            parser.set_defaults(handler=handler)
+            add_arguments(parser)
+            self._name_parser_map[name] = parser
+            self.choices[name] = parser
+        return self._name_parser_map[name]
+
+    def build_all(self) -> None:
+        for name in list(self._pending):
+            self.build(name)
+        # From here on, as argparse itself has it: choices *is* the name -> parser map.
+        self.choices = self._name_parser_map
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if values and values[0] in self._pending:
+            self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _top_parser() -> tuple[argparse.ArgumentParser, _Commands]:
+    parser = _Parser(prog=PROG, description="Xen PV channels for libvirt hosts.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="log debug details to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                action=_Commands)
+    assert isinstance(sub, _Commands)
+    sub.required = True
+    for name, handler, help_text, add_arguments in COMMANDS:
+        sub.add_command(name, handler, help_text, add_arguments)
+    return parser, sub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser, every subcommand's built (scripts/manpages.py, the tests)."""
+    parser, commands = _top_parser()
+    commands.build_all()
+    return parser
 
 
 def _resolve(spec: str) -> Handler:
+    import importlib
+
     module_name, function = spec.split(":")
     module = importlib.import_module(f"{__package__}.{module_name}")
     handler: Handler = getattr(module, function)
@@ -260,11 +409,13 @@ def main(
     stderr: IO[str] | None = None,
 ) -> int:
     streams = Streams.from_args(stdin, stdout, stderr)
-    parser = build_parser()
+    parser, _ = _top_parser()  # each subcommand's parser is built when it runs
     try:
         if argv is None:
             argv = sys.argv[1:]
         if any(a in ("-h", "--help", "--version") for a in argv):
+            import contextlib
+
             # argparse prints help (or the version) and exits; let it print to our stdout.
             try:
                 with contextlib.redirect_stdout(streams.stdout):
@@ -272,9 +423,10 @@ def main(
             except SystemExit as exc:
                 return int(exc.code or 0)
         args = parser.parse_args(argv)
-        # Under systemd each line carries its syslog priority (service.py).
-        configure_logging(streams.stderr, f"{PROG}: %(message)s", debug=args.debug)
-        return _resolve(args.handler)(args, streams)
+        # Under systemd each line carries its syslog priority (service.py); set up
+        # when logging is first imported, which most commands never do.
+        with LoggingOnImport(streams.stderr, f"{PROG}: %(message)s", debug=args.debug):
+            return _resolve(args.handler)(args, streams)
     except XenChannelError as exc:
         streams.error(exc.message())
         return exc.exit_code

@@ -6,25 +6,43 @@ raises errors and returns values instead of printing.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from typing import IO, Any
 
 from .atomic import atomic_write
 from .errors import InputError
+
+# Not typing's: every command imports this module (typing costs its start-up).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 PROG = "xen-channel"
 #: Bigger than any sane domain XML or xl.cfg; stops a stray `convert /dev/zero`.
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 
 
-@dataclasses.dataclass
 class Streams:
-    """The three standard streams, injectable so tests call main() directly."""
+    """The three standard streams, injectable so tests call main() directly.
 
-    stdin: IO[Any]
-    stdout: IO[str]
-    stderr: IO[str]
+    A plain class, not a dataclass: importing dataclasses (inspect, ast,
+    dis...) would cost every command more than most of them do.
+    """
+
+    def __init__(self, stdin: IO[Any], stdout: IO[str], stderr: IO[str]) -> None:
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __repr__(self) -> str:
+        return f"Streams(stdin={self.stdin!r}, stdout={self.stdout!r}, stderr={self.stderr!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Streams):
+            return NotImplemented
+        return (self.stdin, self.stdout, self.stderr) == (other.stdin, other.stdout,
+                                                          other.stderr)
+
+    __hash__ = None  # type: ignore[assignment]  # as a dataclass with eq: unhashable
 
     @classmethod
     def from_args(

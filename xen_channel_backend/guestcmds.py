@@ -25,19 +25,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import AgentError, AgentProtocolError, InputError, UsageError, escaped, shown
 
+# Not typing's: qemu-agent-command, which a script calls in a loop, imports
+# this module on every call.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, TypeVar
 
     from . import agenttypes as types
     from .console import Streams
     from .qga import AgentClient
 
-_T = TypeVar("_T")
+    _T = TypeVar("_T")
 
 # agenttypes (ten dataclasses) is imported by the operations that use it, not
 # here: qemu-agent-command, the one a script calls in a loop, needs none.

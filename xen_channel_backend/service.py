@@ -19,17 +19,28 @@ that Debian's ``python3`` does not already have.
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping
-from typing import IO, Any
+import sys
+
+# Not typing's, and logging only where it is used: every xen-channel command
+# imports this module, and most never log (logging brings threading,
+# traceback and string with it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable, Mapping
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType, TracebackType
+    from typing import IO, Any
 
 #: logging level -> syslog priority (RFC 5424: 3 err, 4 warning, 6 info, 7 debug).
+#: The levels are logging's documented numbers (CRITICAL 50, ERROR 40,
+#: WARNING 30, INFO 20), written out so this module need not import logging.
 _PRIORITIES = (
-    (logging.CRITICAL, 2),
-    (logging.ERROR, 3),
-    (logging.WARNING, 4),
-    (logging.INFO, 6),
+    (50, 2),
+    (40, 3),
+    (30, 4),
+    (20, 6),
 )
 
 
@@ -54,14 +65,18 @@ def stream_is_journal(stream: IO[Any], environ: Mapping[str, str] = os.environ) 
     return (status.st_dev, status.st_ino) == (int(device), int(inode))
 
 
-class PriorityFormatter(logging.Formatter):
-    """Prefix each line with ``<N>``, its syslog priority, for journald."""
+def priority_formatter(fmt: str) -> logging.Formatter:
+    """A formatter prefixing each line with ``<N>``, its syslog priority, for journald."""
+    import logging
 
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{syslog_priority(record.levelno)}>"
-        # A message is one line by our rules, but a traceback is not: give
-        # every line the prefix so journald files none of it under "info".
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+    class PriorityFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            prefix = f"<{syslog_priority(record.levelno)}>"
+            # A message is one line by our rules, but a traceback is not: give
+            # every line the prefix so journald files none of it under "info".
+            return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+    return PriorityFormatter(fmt)
 
 
 def configure_logging(
@@ -69,10 +84,99 @@ def configure_logging(
     environ: Mapping[str, str] = os.environ,
 ) -> None:
     """``logging.basicConfig`` on ``stream``, with priorities when it is the journal."""
+    import logging
+
     handler = logging.StreamHandler(stream)
     journal = stream_is_journal(stream, environ)
-    handler.setFormatter(PriorityFormatter(fmt) if journal else logging.Formatter(fmt))
+    handler.setFormatter(priority_formatter(fmt) if journal else logging.Formatter(fmt))
     logging.basicConfig(handlers=[handler], level=logging.DEBUG if debug else logging.INFO)
+
+
+class LoggingOnImport:
+    """:func:`configure_logging` as soon as the logging module exists, for a ``with`` block.
+
+    If logging is imported already, or ``debug`` asks for its output, that is
+    at once.  Otherwise this waits in ``sys.meta_path`` for the first
+    ``import logging``, wherever it comes from (a command's module, or one
+    imported halfway through a run, such as xlprobe under ``doctor``), and
+    configures logging right after the module has run, before anything can
+    log.  A command that never imports logging never pays for it.  Leaving
+    the block stops waiting.
+
+    So a module may also skip importing logging for its debug records while
+    ``"logging" not in sys.modules``: then nobody asked for them.
+    """
+
+    def __init__(
+        self, stream: IO[str], fmt: str, *, debug: bool = False,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self._stream, self._fmt, self._debug, self._environ = stream, fmt, debug, environ
+        self._done = False
+
+    def __enter__(self) -> LoggingOnImport:
+        if self._debug or "logging" in sys.modules:
+            self._configure()
+        else:
+            sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def _configure(self) -> None:
+        self._stop_waiting()
+        if not self._done:
+            self._done = True
+            configure_logging(self._stream, self._fmt, debug=self._debug,
+                              environ=self._environ)
+
+    def find_spec(
+        self, name: str, path: Any = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        """importlib.abc.MetaPathFinder: logging's own spec, with one step after its loader."""
+        if name != "logging":
+            return None
+        for finder in sys.meta_path:
+            find = None if finder is self else getattr(finder, "find_spec", None)
+            spec: ModuleSpec | None = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if hasattr(spec.loader, "exec_module"):
+            # A Loader by its methods; importlib.abc.Loader itself would cost an import.
+            spec.loader = _ThenConfigure(spec.loader, self._configure)  # type: ignore[assignment]
+        return spec
+
+
+class _ThenConfigure:
+    """A module's loader, and a step run once the module has executed."""
+
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
+        self._loader, self._then = loader, then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)  # get_source, is_package, ...: the loader's own
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The module keeps its own loader: nothing of this wrapper stays behind.
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._then()
 
 
 def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
@@ -84,7 +188,7 @@ def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
     address = environ.get("NOTIFY_SOCKET", "")
     if not address or address[0] not in "/@":
         return False  # unset, or a vsock address we do not speak
-    import socket  # here, not at the top: every command configures logging through us
+    import socket  # here, not at the top: every command imports this module
 
     target = "\0" + address[1:] if address[0] == "@" else address
     try:
