@@ -263,6 +263,44 @@ def test_qemu_agent_command_prints_the_reply_like_virsh(domain: Any) -> None:
     assert enabled["guest-ping"] and not enabled["guest-shutdown"] and not enabled["guest-exec"]
 
 
+#: The command as a fresh process: the interpreter's start-up state, not pytest's.
+_PROCESS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from xen_channel_backend.cli import main
+code = main(sys.argv[2:])
+print(sorted(m for m in ("typing", "dataclasses", "inspect", "shutil") if m in sys.modules),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytestmark_real
+def test_qemu_agent_command_as_a_process_logs_only_when_asked(domain: Any) -> None:
+    """Logging is set up when qga first imports it (service.LoggingOnImport), not before.
+
+    ``--debug`` still shows qga's debug lines with the usual prefix, a run
+    without it prints nothing on stderr, and neither imports what only other
+    commands need (docs/performance.md, Guest agent).
+    """
+    tree = str(Path(guestcmds.__file__).resolve().parent.parent)
+
+    def process(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _PROCESS, tree, *argv, "qemu-agent-command",
+             "web01", '{"execute":"guest-ping"}', "--rundir", domain.rundir],
+            capture_output=True, text=True, timeout=60, check=False)
+
+    quiet = process()
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, '{"return":{}}\n\n', "[]\n")
+    debug = process("--debug")
+    assert (debug.returncode, debug.stdout) == (0, '{"return":{}}\n\n')
+    *logged, modules = debug.stderr.splitlines()
+    assert modules == "[]"
+    assert logged and all(line.startswith("xen-channel: ") for line in logged), logged
+    assert any(": synced (id " in line for line in logged), logged
+
+
 @pytestmark_real
 @pytest.mark.parametrize("argv,command", [
     (["shutdown", "web01", "--mode", "agent"], "guest-shutdown"),
