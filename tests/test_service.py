@@ -128,6 +128,36 @@ def test_debug_configures_logging_at_once() -> None:
     ]
 
 
+_DEBUG_LOG = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from xen_channel_backend import service
+log = service.DebugLog("x")
+log.debug("nobody listens %d", 1)
+print("imported:", "logging" in sys.modules)
+with service.LoggingOnImport(sys.stdout, "p: %(message)s", debug=sys.argv[2] == "debug"):
+    log.debug("listened to %d", 2)
+"""
+
+
+@pytest.mark.parametrize("debug,lines", [
+    ("quiet", ["imported: False"]),
+    ("debug", ["imported: False", "p: listened to 2"]),
+])
+def test_debug_records_need_no_logging_until_asked_for(debug: str, lines: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", _DEBUG_LOG,
+                           str(Path(service.__file__).parent.parent), debug],
+                          capture_output=True, text=True, check=True, timeout=TIMEOUT)
+    assert (done.stdout.splitlines(), done.stderr) == (lines, "")
+
+
+def test_debug_records_reach_a_configured_logger(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="xcb.test"):
+        service.DebugLog("xcb.test").debug("seen %s", "here")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("xcb.test", logging.DEBUG, "seen here")]
+
+
 def test_notify_without_systemd_is_a_no_op() -> None:
     assert service.notify("READY=1", {}) is False
     assert service.notify("READY=1", {"NOTIFY_SOCKET": "vsock:2:1234"}) is False

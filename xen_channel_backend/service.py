@@ -179,6 +179,29 @@ class _ThenConfigure:
         self._then()
 
 
+class DebugLog:
+    """``logging.getLogger(name)`` for debug records, without importing logging for them.
+
+    While logging is not imported, nothing has configured it, so a debug
+    record could only reach logging's last-resort handler, which drops
+    everything below WARNING: skipping the record (and the import) changes
+    nothing anyone can see.  ``xen-channel --debug`` imports and configures
+    logging before the command runs (:class:`LoggingOnImport`), and an
+    application that configured logging has imported it.  For a module on
+    the path of a command that a script runs in a loop (qga.py), where
+    importing logging (threading, traceback, string...) costs more than the
+    command's own work.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def debug(self, message: str, *args: object) -> None:
+        logging = sys.modules.get("logging")
+        if logging is not None:
+            logging.getLogger(self.name).debug(message, *args)
+
+
 def notify(state: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Send ``state`` (e.g. ``"READY=1"``) to systemd; False when not run by it.
 
