@@ -62,12 +62,12 @@ class _HelpFormatter(argparse.HelpFormatter):
     """
 
     def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
+                 width: int | None = None, **more: Any) -> None:
         # argparse sizes a formatter for every add_argument() call, importing
         # shutil for it; the width it would compute, computed here.
         if width is None:
             width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+        super().__init__(prog, indent_increment, max_help_position, width, **more)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
