@@ -420,7 +420,7 @@ class Broker:
         # in registry/started/ (registry.mark_settled): its record file does
         # not change, so that directory is watched too.
         self.watcher = RegistryWatcher(
-            self.registry.records_dir, os.path.join(self.registry.base, "started"))
+            *self.registry.watched_dirs())
         self._registry_problem: str | None = None
         self.links: dict[tuple[str, str], _Link] = {}
         self._by_consumer_path: dict[str, _Link] = {}

@@ -103,10 +103,16 @@ def uri_of(conn: Any, fallback: str | None = None) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """libvirt's message for ``exc``, folded onto one line."""
+    """libvirt's message for ``exc``, folded onto one line and escaped.
+
+    libvirt echoes names and paths it was given (a domain's name, a URI), so
+    its text is untrusted: it reaches the terminal through errors.escaped.
+    """
+    from .errors import escaped
+
     getter = getattr(exc, "get_error_message", None)
     text = getter() if callable(getter) else None
-    return " ".join(str(text or exc).split()) or type(exc).__name__
+    return escaped(" ".join(str(text or exc).split())) or type(exc).__name__
 
 
 def default_uri_source(

@@ -256,7 +256,7 @@ class Monitor:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
             raise LibvirtUnavailable(
-                uri, f"cannot register for domain events: {escaped(one_line(exc))}"
+                uri, f"cannot register for domain events: {one_line(exc)}"
             ) from None
         self.conn = conn
         self.connected_uri = uri

@@ -473,6 +473,15 @@ class Registry:
             self._release_locked(uuid)
             return True
 
+    def watched_dirs(self) -> tuple[str, str]:
+        """The directories whose changes mean a domain started or stopped.
+
+        A record is written to ``domains/`` at prepare, started (unless the
+        domain is settled) and release; a settled domain's start only adds a
+        marker to ``started/``.  A watcher (the broker) polls both.
+        """
+        return self.records_dir, self._started_dir
+
     def claim_owner(self, path: str) -> str | None:
         """The UUID holding a claim on ``path``, or None."""
         self._check_dirs(self._claims_dir)
