@@ -56,7 +56,6 @@ and forge what the guest answers.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import time
@@ -74,6 +73,7 @@ from .errors import (
     escaped,
     shown,
 )
+from .service import DebugLog
 
 # Not typing's: qemu-agent-command imports this module on every call (typing
 # costs more than the command's own work).
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 
     from .registry import DomainRecord, Registry
 
-log = logging.getLogger(__name__)
+log = DebugLog(__name__)  # logging is imported only when it is asked for
 
 #: The channel name qemu-ga uses everywhere (virtio-serial, Xen, Hyper-V).
 AGENT_CHANNEL: Final = "org.qemu.guest_agent.0"
