@@ -256,15 +256,7 @@ def open_dir_nofollow(path: str, root: str) -> int:
     try:
         for part in parts:
             current = f"{current.rstrip('/')}/{part}"
-            try:
-                child = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
-            except FileNotFoundError:
-                raise
-            except OSError as exc:
-                # ELOOP: a symlink; ENOTDIR: a file.  Both refused, never followed.
-                raise PathNotAllowed(
-                    None, current, f"is not a plain directory ({exc.strerror})"
-                ) from None
+            child = _open_child_nofollow(fd, part, current)
             os.close(fd)
             fd = child
     except BaseException:
@@ -274,6 +266,21 @@ def open_dir_nofollow(path: str, root: str) -> int:
 
 
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_child_nofollow(parent: int, name: str, shown_as: str) -> int:
+    """Open directory ``name`` in ``parent`` without following it (FileNotFoundError if gone).
+
+    ELOOP (a symlink) and ENOTDIR (a file) are refused, never followed.
+    """
+    try:
+        return os.open(name, _NOFOLLOW_DIR, dir_fd=parent)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise PathNotAllowed(
+            None, shown_as, f"is not a plain directory ({exc.strerror})"
+        ) from None
 
 
 def make_dirs_nofollow(
@@ -318,7 +325,6 @@ def make_dirs_nofollow(
         created.append(root)
     relative = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
     parts = [] if relative == "." else relative.split("/")
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     euid = os.geteuid()
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     current = os.path.normpath(root)
@@ -331,13 +337,7 @@ def make_dirs_nofollow(
                 made = True
             except FileExistsError:
                 pass
-            try:
-                child = os.open(part, flags, dir_fd=fd)
-            except OSError as exc:
-                # ELOOP: a symlink; ENOTDIR: a file.  Both are refused, never followed.
-                raise PathNotAllowed(
-                    None, current, f"is not a plain directory ({exc.strerror})"
-                ) from None
+            child = _open_child_nofollow(fd, part, current)
             os.close(fd)
             fd = child
             info = os.fstat(fd)
