@@ -153,7 +153,7 @@ def _list(p: argparse.ArgumentParser) -> None:
 
 def _show(p: argparse.ArgumentParser) -> None:
     _rundir(p)
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+    p.add_argument("domain", metavar="DOMAIN", help="domain id, name or UUID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--connect", "-c", metavar="URI",
                    help="read the domain's metadata from libvirt at URI instead of the "
@@ -191,7 +191,7 @@ def _monitor(p: argparse.ArgumentParser) -> None:
 
 def _send(p: argparse.ArgumentParser) -> None:
     _rundir(p)
-    p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+    p.add_argument("domain", metavar="DOMAIN", help="domain id, name or UUID")
     p.add_argument("channel", metavar="CHANNEL", help="channel name")
     p.add_argument("--config", required=True, metavar="FILE.json", help="payload; - for stdin")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -215,7 +215,7 @@ def _broker(p: argparse.ArgumentParser) -> None:
 def _agent(own: AddArguments | None = None) -> AddArguments:
     def add(p: argparse.ArgumentParser) -> None:
         _rundir(p)
-        p.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+        p.add_argument("domain", metavar="DOMAIN", help="domain id, name or UUID")
         p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                        help="seconds to wait for the agent, per phase (sync, then command)")
         p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -649,11 +649,11 @@ def _command_name(request: Mapping[str, Any]) -> str:
 
 
 def lookup_domain(registry: Registry, domain: str) -> DomainRecord:
-    """The one place that resolves a DOMAIN argument (a name or a UUID) to its record.
+    """The one place that resolves a DOMAIN argument to its record.
 
-    Every guest-agent command and API function goes through here, so a
-    numeric domain id (virsh accepts one) needs only this function to learn
-    it once the registry records ids.  Raises UnknownDomain.
+    A running domain's id (as virsh accepts one; the hooks record it), a
+    UUID or a name, by Registry.get.  Every guest-agent command and API
+    function goes through here.  Raises UnknownDomain.
     """
     record = registry.get(domain)
     if record is None:
