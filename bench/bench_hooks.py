@@ -132,7 +132,7 @@ def main() -> int:
         # The Python process the shim starts, run directly: what the hook
         # costs beyond the shell that libvirt's hook mechanism needs anyway.
         direct = [SYSTEM_PYTHON, "-I", "-S", "-c",
-                  "import sys; sys.path[:0] = sys.argv[1].split(':')\n"
+                  "import sys; sys.path += sys.argv[1].split(':')\n"
                   "from xen_channel_backend.hook import main\n"
                   "sys.exit(main(sys.argv[2:]))",
                   ":".join((REPO, *install.DISTRIBUTION_PYTHONPATH)),

@@ -131,7 +131,7 @@ if [ -x "$python" ]; then
     # hook holding libvirtd's stdout (virt-manager issue 299).
     "$python" -I -S -c '
 import os, sys
-sys.path[:0] = [p for p in sys.argv[1].split(":") if p]
+sys.path += [p for p in sys.argv[1].split(":") if p]  # after the standard library
 try:
     from xen_channel_backend.hook import main
 except BaseException as exc:
