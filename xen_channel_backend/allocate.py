@@ -110,7 +110,7 @@ def fill_domain(
                 )
             users[key] = channel.label
         channels.append(channel)
-    from .hook import check_channel_count
+    from .registry import check_channel_count
 
     check_channel_count(len(channels), f"{source}: the domain")
     warnings = _skipped_virtio(root, source) if not all_targets else []

@@ -40,7 +40,6 @@ import sys
 
 from .errors import (
     SettingsError,
-    UnsupportedChannel,
     XenChannelError,
     XmlInputError,
     shown,
@@ -69,11 +68,6 @@ MANAGED_TARGETS: Mapping[str, tuple[Target, ...]] = {
     "qemu": (Target.VIRTIO, Target.XEN),
     "libxl": (Target.XEN,),
 }
-#: libvirt's ``<channel type=...>`` values that are Unix sockets or ptys;
-#: other types (spicevmc, tcp, ...) are not ours and are skipped.
-#: virsh refuses domain XML over 10 MiB; libvirtd never sends more.  (The same
-#: limit as domxml.MAX_DOMAIN_XML, restated so the hook need not import domxml.)
-MAX_XML_BYTES = 10 * 1024 * 1024
 
 
 # --- one hook call ----------------------------------------------------------------
@@ -156,7 +150,7 @@ def prepare(call: HookCall) -> int:
     failure, a full disk included, undoes what this call claimed and made.
     """
     from .paths import is_ours
-    from .registry import PREPARING, ChannelRecord
+    from .registry import PREPARING, ChannelRecord, check_channel_count
     from .sockets import group_id, prepare_socket_dir
 
     domain = call.scan()
@@ -209,15 +203,6 @@ def prepare(call: HookCall) -> int:
     return 0
 
 
-def check_channel_count(count: int, who: str) -> None:
-    """Refuse more channels than a registry record can hold (registry.MAX_CHANNELS)."""
-    from .registry import MAX_CHANNELS
-
-    if count > MAX_CHANNELS:
-        raise UnsupportedChannel(
-            None, f"{who} has {count} channels, over the limit of {MAX_CHANNELS} per domain")
-
-
 # --- start / started / reconnect ----------------------------------------------------
 
 
@@ -225,7 +210,7 @@ def _register_running(call: HookCall, *, lenient: bool) -> None:
     """Record the live XML as ``running``, keeping ``created_dir`` from prepare."""
     from .errors import PathConflict
     from .paths import domain_socket_dir
-    from .registry import RUNNING, ChannelRecord
+    from .registry import RUNNING, ChannelRecord, check_channel_count
 
     domain = call.scan()
     uuid, name = call.identity(domain)
@@ -408,8 +393,11 @@ def shim_operations(driver: str) -> list[tuple[str, str]]:
 
 
 def _read_stdin(stdin: IO[Any]) -> bytes:
+    # One byte past the limit, so channelxml.scan_domain can refuse the document.
+    from .channelxml import MAX_DOMAIN_XML
+
     stream = getattr(stdin, "buffer", stdin)
-    data = stream.read(MAX_XML_BYTES + 1)
+    data = stream.read(MAX_DOMAIN_XML + 1)
     return data.encode("utf-8") if isinstance(data, str) else bytes(data)
 
 

@@ -88,6 +88,19 @@ MAX_RECORD_BYTES = 1024 * 1024
 MAX_CHANNELS = 1024
 
 
+def check_channel_count(count: int, who: str) -> None:
+    """Refuse a domain with more channels than a record may hold (MAX_CHANNELS).
+
+    The prepare and started hooks and ``fill`` call it, so the writer and the
+    reader always agree.
+    """
+    if count > MAX_CHANNELS:
+        from .errors import UnsupportedChannel
+
+        raise UnsupportedChannel(
+            None, f"{who} has {count} channels, over the limit of {MAX_CHANNELS} per domain")
+
+
 class ChannelRecord(Frozen):
     """A registered channel: the model's :class:`Channel` plus what only the
     registry knows, whether we created its directory (so release removes it).
