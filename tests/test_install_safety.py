@@ -153,3 +153,19 @@ def test_the_real_python_and_this_tree_pass_the_check() -> None:
     if shutil.which("python3") is None:  # pragma: no cover - always there
         pytest.skip("no python3")
     install.check_shim_inputs(os.path.abspath(sys.executable), install.runtime_pythonpath(), None)
+
+
+def test_the_shim_hands_python_the_xml_byte_for_byte(tmp_path: Path) -> None:
+    """The here-document expands $xml once and never what it holds: backslashes,
+    $(...), backticks and $VAR in a domain's text reach Python untouched."""
+    got = tmp_path / "got.xml"
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ncat > {got}\nexit 0\n")
+    fake.chmod(0o755)
+    marker = tmp_path / "pwned"
+    xml = ("<domain><description>a\\\\b \\n $(touch " + str(marker) + ") `touch "
+           + str(marker) + "` $HOME ${PATH}</description><devices><channel type='pty'/>"
+           "</devices></domain>").encode()
+    code, err = run(shim(tmp_path, str(fake)), "prepare", xml)
+    assert (code, err) == (0, "")
+    assert got.read_bytes() == xml + b"\n" and not marker.exists()
