@@ -29,6 +29,7 @@ from xen_channel_backend.errors import (
     InvalidMessage,
     ProtocolViolation,
 )
+from xen_channel_backend.trust import channel_socket_owners
 
 #: Deadline for answers that a working guest gives in milliseconds.  Tests
 #: that expect a timeout use SHORT so they stay fast.
@@ -714,19 +715,8 @@ def test_send_escapes_the_guests_text_in_its_table(
 NOBODY = 65534
 
 
-def _trusted_owners() -> str:
-    """How trust.check_channel_socket names the users it trusts: root, us, libvirt-qemu."""
-    import pwd
-
-    uids = [0, os.geteuid()]
-    try:
-        uids.append(pwd.getpwnam("libvirt-qemu").pw_uid)
-    except KeyError:
-        pass
-    return " or ".join(f"uid {u}" for u in dict.fromkeys(uids))
-
-
-TRUSTED_OWNERS = _trusted_owners()
+#: How trust.check_channel_socket names the users it trusts.
+TRUSTED_OWNERS = " or ".join(f"uid {u}" for u in channel_socket_owners())
 
 
 @pytest.mark.parametrize(

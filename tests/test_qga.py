@@ -57,25 +57,15 @@ from xen_channel_backend.qga import (
     decode_reply,
     encode_request,
 )
+from xen_channel_backend.trust import channel_socket_owners
 
 pytestmark = pytest.mark.integration
 FAKE = Path(__file__).with_name("fake_agent.py")
 NOBODY = 65534
 
 
-def _trusted_owners() -> str:
-    """How trust.check_channel_socket names the users it trusts: root, us, libvirt-qemu."""
-    import pwd
-
-    uids = [0, os.geteuid()]
-    try:
-        uids.append(pwd.getpwnam("libvirt-qemu").pw_uid)
-    except KeyError:
-        pass
-    return " or ".join(f"uid {u}" for u in dict.fromkeys(uids))
-
-
-TRUSTED_OWNERS = _trusted_owners()
+#: How trust.check_channel_socket names the users it trusts.
+TRUSTED_OWNERS = " or ".join(f"uid {u}" for u in channel_socket_owners())
 _T = TypeVar("_T")
 
 

@@ -127,18 +127,26 @@ def run_show(args: argparse.Namespace, streams: Streams) -> int:
     if args.json:
         _dump(record_json(record), streams)
         return 0
-    header = (
+    _write_domain(streams, (
         f"Domain: {_cell(record.name)}\nUUID:   {record.uuid}\n"
         f"Driver: {_cell(record.driver)}\nState:  {_cell(record.state)}\n"
-    )
+    ), record.channels)
+    return 0
+
+
+def _write_domain(streams: Streams, header: str, channels: Iterable[Any]) -> None:
+    """``show``'s layout: the header lines, then a table of the channels (if any).
+
+    ``channels``: registry records or API ChannelInfos, read alike (name,
+    connection, target, path).
+    """
     rows = [
         (_cell(c.name), c.connection.value, c.target.value, _cell(c.path))
-        for c in record.channels
+        for c in channels
     ]
     streams.stdout.write(header)
     if rows:
         streams.stdout.write("\n" + _table(("CHANNEL", "CONNECTION", "TARGET", "PATH"), rows))
-    return 0
 
 
 # --- many hosts, through libvirt (api.host_inventory) ----------------------------------
@@ -229,16 +237,9 @@ def _show_host(uri: str, args: argparse.Namespace, streams: Streams) -> int:
     if args.json:
         _dump(host_json(entry), streams)
         return 0
-    header = (
+    _write_domain(streams, (
         f"Host:   {_cell(entry.host)}\nDomain: {_cell(entry.domain)}\n"
         f"UUID:   {_cell(entry.uuid)}\nDriver: {_cell(entry.driver)}\n"
         f"State:  {_cell(entry.state)}\n"
-    )
-    rows = [
-        (_cell(c.name), c.connection.value, c.target.value, _cell(c.path))
-        for c in entry.channels
-    ]
-    streams.stdout.write(header)
-    if rows:
-        streams.stdout.write("\n" + _table(("CHANNEL", "CONNECTION", "TARGET", "PATH"), rows))
+    ), entry.channels)
     return 0

@@ -72,6 +72,22 @@ def _check_component(path: str, info: os.stat_result, uids: tuple[int, ...]) -> 
         raise UntrustedPath(path, f"is writable by {who} (mode {mode:04o})")
 
 
+def channel_socket_owners() -> tuple[int, ...]:
+    """The users trusted to own a channel socket (check_channel_socket's default).
+
+    root; the caller; and ``libvirt-qemu``, the user libvirt's QEMU driver
+    runs QEMU as on Debian, when it exists.
+    """
+    import pwd
+
+    found = [0, os.geteuid()]
+    try:
+        found.append(pwd.getpwnam("libvirt-qemu").pw_uid)
+    except KeyError:
+        pass
+    return tuple(dict.fromkeys(found))
+
+
 def check_channel_socket(path: str, role: str, *, uids: tuple[int, ...] | None = None) -> bool:
     """Raise UntrustedSocket unless only a trusted user could have bound the socket at ``path``.
 
@@ -98,14 +114,7 @@ def check_channel_socket(path: str, role: str, *, uids: tuple[int, ...] | None =
     from .errors import UntrustedSocket
 
     if uids is None:
-        import pwd
-
-        found = [0, os.geteuid()]
-        try:
-            found.append(pwd.getpwnam("libvirt-qemu").pw_uid)
-        except KeyError:
-            pass
-        uids = tuple(dict.fromkeys(found))
+        uids = channel_socket_owners()
     try:
         info = os.lstat(path)
     except FileNotFoundError:
